@@ -1,0 +1,186 @@
+import * as grpc from "@grpc/grpc-js";
+import {
+  create,
+  fromBinary,
+  isMessage,
+  toBinary,
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageShape,
+} from "@bufbuild/protobuf";
+import { Code, ConnectError, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import { asConnectError } from "./errors.js";
+import type { Logger } from "./log.js";
+import { rpcHandled, rpcHandlingSeconds } from "./metrics.js";
+import { extractContext, tracer } from "./tracing.js";
+import { validationError } from "./validation.js";
+
+/**
+ * A service description and its full typed implementation. The implementation is
+ * Connect's ServiceImpl, so a missing method is a compile error and the same object
+ * serves both the grpc-js listener and the Connect/gRPC-web listener.
+ */
+export interface ServiceRegistration {
+  service: DescService;
+  impl: ServiceImpl<DescService>;
+}
+
+export function implement<S extends DescService>(service: S, impl: ServiceImpl<S>): ServiceRegistration {
+  return { service, impl: impl as unknown as ServiceImpl<DescService> };
+}
+
+
+function serializer(schema: DescMessage) {
+  return (value: unknown) =>
+    Buffer.from(toBinary(schema, isMessage(value, schema) ? value : create(schema, value as never)));
+}
+
+function deserializer(schema: DescMessage) {
+  return (bytes: Buffer) => fromBinary(schema, bytes);
+}
+
+/** grpc-js metadata as Fetch Headers; binary values base64 as on the wire. */
+function headersFrom(metadata: grpc.Metadata): [string, string][] {
+  const out: [string, string][] = [];
+  for (const [key, value] of Object.entries(metadata.getMap())) {
+    out.push([key, typeof value === "string" ? value : value.toString("base64")]);
+  }
+  return out;
+}
+
+function metadataFrom(headers: Headers, into = new grpc.Metadata()): grpc.Metadata {
+  headers.forEach((value, key) => {
+    if (key.endsWith("-bin")) into.add(key, Buffer.from(value, "base64"));
+    else into.add(key, value);
+  });
+  return into;
+}
+
+/** A ConnectError as a grpc-js status, google.rpc.Status details included. */
+function toServiceError(err: ConnectError, trailer: Headers): Partial<grpc.StatusObject> {
+  const metadata = metadataFrom(trailer);
+  const details = setTrailerStatus(new Headers(), err).get("grpc-status-details-bin");
+  if (details) metadata.set("grpc-status-details-bin", Buffer.from(details, "base64"));
+  return { code: err.code as number as grpc.status, details: err.rawMessage, metadata };
+}
+
+async function* validated(method: DescMethod, requests: AsyncIterable<unknown>): AsyncIterable<MessageShape<DescMessage>> {
+  for await (const request of requests) {
+    const message = request as MessageShape<DescMessage>;
+    const invalid = validationError(method.input, message);
+    if (invalid) throw invalid;
+    yield message;
+  }
+}
+
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
+
+/**
+ * Builds the grpc-js definition and handlers for one service. Every call runs the
+ * same pipeline, in this order: trace context extraction and a server span ->
+ * handler context with the caller's deadline -> protovalidate -> the implementation
+ * -> status mapping (unknown errors become INTERNAL, logged with their cause) ->
+ * metrics by code.
+ */
+export function grpcService(registration: ServiceRegistration, log: Logger) {
+  const { service, impl } = registration;
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const handlers: grpc.UntypedServiceImplementation = {};
+
+  for (const method of service.methods) {
+    const path = `/${service.typeName}/${method.name}`;
+    const kind = method.methodKind;
+    const labels = { grpc_service: service.typeName, grpc_method: method.name, grpc_type: kind === "unary" ? "unary" : "client_stream" };
+    const methodImpl = (impl as Record<string, (...args: unknown[]) => unknown>)[method.localName];
+    if (typeof methodImpl !== "function") throw new Error(`${service.typeName} has no implementation of ${method.name}`);
+    // Our contracts use unary and client-streaming calls only; refusing the rest here
+    // keeps the adapter small and a new streaming RPC from failing silently.
+    if (kind !== "unary" && kind !== "client_streaming") {
+      throw new Error(`${path}: ${kind} RPCs are not supported by the kit's grpc-js adapter`);
+    }
+    const clientStreams = kind === "client_streaming";
+
+    definition[method.localName] = {
+      path,
+      requestStream: clientStreams,
+      responseStream: false,
+      requestSerialize: serializer(method.input),
+      requestDeserialize: deserializer(method.input),
+      responseSerialize: serializer(method.output),
+      responseDeserialize: deserializer(method.output),
+      originalName: method.name,
+    };
+
+    const run = async (call: AnyCall, ctx: HandlerContext): Promise<unknown> => {
+      if (clientStreams) {
+        return methodImpl.call(impl, validated(method, call as AsyncIterable<unknown>), ctx);
+      }
+      const request = (call as grpc.ServerUnaryCall<unknown, unknown>).request as MessageShape<DescMessage>;
+      const invalid = validationError(method.input, request);
+      if (invalid) throw invalid;
+      return methodImpl.call(impl, request, ctx);
+    };
+
+    const handle = (call: AnyCall, finish: (err: ConnectError | undefined, value: unknown, trailer: Headers) => void) => {
+      const started = performance.now();
+      const deadline = call.getDeadline();
+      const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+      const abort = new AbortController();
+      call.on("cancelled", () => abort.abort(new ConnectError("cancelled by the client", Code.Canceled)));
+      const ctx = createHandlerContext({
+        service,
+        method,
+        protocolName: "grpc",
+        requestMethod: "POST",
+        url: path,
+        timeoutMs: Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined,
+        requestSignal: abort.signal,
+        requestHeader: headersFrom(call.metadata),
+      });
+      const span = tracer().startSpan(
+        path.slice(1),
+        { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": service.typeName, "rpc.method": method.name } },
+        extractContext(call.metadata),
+      );
+      // W3C traceresponse, so a caller can find this request's trace.
+      const spanContext = span.spanContext();
+      ctx.responseTrailer.set("traceresponse", `00-${spanContext.traceId}-${spanContext.spanId}-01`);
+      const done = (err: ConnectError | undefined, value: unknown) => {
+        const code = err ? Code[err.code] : "OK";
+        rpcHandled.inc({ ...labels, grpc_code: grpcCodeName(err?.code) });
+        rpcHandlingSeconds.observe(labels, (performance.now() - started) / 1000);
+        if (err) {
+          span.setStatus({ code: SpanStatusCode.ERROR, message: err.rawMessage });
+          if (err.code === Code.Internal || err.code === Code.Unknown) {
+            log.error({ method: path, err: err.cause ?? err }, "rpc failed");
+          } else {
+            log.debug({ method: path, code, message: err.rawMessage }, "rpc error");
+          }
+        }
+        span.end();
+        if ([...ctx.responseHeader.keys()].length > 0) call.sendMetadata(metadataFrom(ctx.responseHeader));
+        finish(err, value, ctx.responseTrailer);
+      };
+      context.with(trace.setSpan(context.active(), span), () => {
+        run(call, ctx).then(
+          (value) => done(undefined, value),
+          (reason: unknown) => done(asConnectError(reason), undefined),
+        );
+      });
+    };
+
+    handlers[method.localName] = (call: AnyCall, callback: grpc.sendUnaryData<unknown>) =>
+      handle(call, (err, value, trailer) => {
+        if (err) callback(toServiceError(err, trailer));
+        else callback(null, value, metadataFrom(trailer));
+      });
+  }
+  return { definition, handlers };
+}
+
+function grpcCodeName(code: Code | undefined): string {
+  return code === undefined ? "OK" : (grpc.status[code as number] ?? "UNKNOWN");
+}

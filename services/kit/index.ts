@@ -1,0 +1,10 @@
+export { baseConfigShape, loadConfig, ConfigError, type BaseConfig } from "./config.js";
+export { createLogger, type Logger } from "./log.js";
+export { Code, ConnectError, statusError, invalidArgument, requireAdmin, asConnectError } from "./errors.js";
+export { validationError } from "./validation.js";
+export { registry, startMetricsServer } from "./metrics.js";
+export { activeTraceId, tracer } from "./tracing.js";
+export { Deadline } from "./deadline.js";
+export { implement, type ServiceRegistration } from "./grpc.js";
+export { startServer, exitOnSignals, type RunningServer, type ServerOptions } from "./server.js";
+export { createServiceClient } from "./client.js";
