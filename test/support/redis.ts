@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { tool } from "../../scripts/tools.js";
-import { freePort, startProcess, type Started } from "./processes.js";
+import { freePort, startProcess, type Started } from "../../scripts/processes.js";
 
 export interface TestRedis {
   url: string;

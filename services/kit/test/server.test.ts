@@ -4,7 +4,7 @@ import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/conn
 import { EchoService } from "../../../gen/recsys/echo/v1/echo_pb.js";
 import { BadRequestSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { tool } from "../../../scripts/tools.js";
-import { freePort, runCommand, startProcess } from "../../../test/support/processes.js";
+import { freePort, runCommand, startProcess } from "../../../scripts/processes.js";
 import { baseConfigShape, createServiceClient, loadConfig, startServer, type RunningServer } from "../index.js";
 import { echoService } from "../../echo/handlers.js";
 

@@ -1,7 +1,7 @@
 import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { once } from "node:events";
-import { ROOT } from "../../scripts/tools.js";
+import { ROOT } from "./tools.js";
 
 /** A port the OS says is free now. */
 export async function freePort(): Promise<number> {

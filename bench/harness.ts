@@ -1,0 +1,151 @@
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { ROOT, tool } from "../scripts/tools.js";
+
+/** One measured scenario, as written to bench/results/latest.json. */
+export interface ScenarioResult {
+  name: string;
+  qps: number;
+  p50_ms: number;
+  p95_ms: number;
+  p99_ms: number;
+  errors: number;
+  [extra: string]: unknown;
+}
+
+/** A comparison of two scenarios measured in the same run. */
+export interface Ratio {
+  name: string;
+  value: number;
+  target: string;
+  pass: boolean;
+}
+
+/** A bench file's default export. */
+export interface BenchSuite {
+  name: string;
+  run(): Promise<{ scenarios: ScenarioResult[]; ratios: Ratio[] }>;
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+export function summarize(name: string, latenciesMs: number[], elapsedMs: number, errors: number, extra: Record<string, unknown> = {}): ScenarioResult {
+  const sorted = [...latenciesMs].sort((a, b) => a - b);
+  const round = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    name,
+    qps: Math.round((latenciesMs.length / elapsedMs) * 1000 * 10) / 10,
+    p50_ms: round(percentile(sorted, 50)),
+    p95_ms: round(percentile(sorted, 95)),
+    p99_ms: round(percentile(sorted, 99)),
+    errors,
+    count: latenciesMs.length,
+    ...extra,
+  };
+}
+
+/**
+ * Closed-loop in-process load: `concurrency` workers call fn back to back until
+ * durationMs has passed (bounded in time, stops by itself).
+ */
+export async function measure(
+  name: string,
+  fn: (i: number) => Promise<unknown>,
+  options: { durationMs: number; concurrency: number; warmupMs?: number; extra?: Record<string, unknown> },
+): Promise<ScenarioResult> {
+  const loop = async (until: number, record: boolean, latencies: number[], counter: { i: number; errors: number }) => {
+    while (performance.now() < until) {
+      const started = performance.now();
+      try {
+        await fn(counter.i++);
+        if (record) latencies.push(performance.now() - started);
+      } catch {
+        if (record) counter.errors++;
+      }
+    }
+  };
+  if (options.warmupMs) {
+    const until = performance.now() + options.warmupMs;
+    await Promise.all(Array.from({ length: options.concurrency }, () => loop(until, false, [], { i: 0, errors: 0 })));
+  }
+  const latencies: number[] = [];
+  const counter = { i: 0, errors: 0 };
+  const started = performance.now();
+  const until = started + options.durationMs;
+  await Promise.all(Array.from({ length: options.concurrency }, () => loop(until, true, latencies, counter)));
+  return summarize(name, latencies, performance.now() - started, counter.errors, { concurrency: options.concurrency, ...options.extra });
+}
+
+export interface GhzOptions {
+  name: string;
+  /** host:port, loopback only. */
+  address: string;
+  /** Fully-qualified method, "recsys.echo.v1.EchoService.Echo". */
+  call: string;
+  /** The .proto declaring it, relative to proto/ ("recsys/echo/v1/echo.proto"). */
+  proto: string;
+  data: unknown;
+  concurrency: number;
+  durationS: number;
+  /** Open-loop rate; 0 means as fast as possible. */
+  rps?: number;
+  connections?: number;
+  metadata?: Record<string, string>;
+  extra?: Record<string, unknown>;
+}
+
+/** Runs ghz with the project's proto files and returns its figures. */
+export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
+  if (!/^(127\.|localhost|\[::1\])/.test(options.address)) throw new Error(`ghz targets loopback only, not ${options.address}`);
+  const args = [
+    "--insecure",
+    "--import-paths", join(ROOT, "proto"),
+    "--proto", options.proto,
+    "--call", options.call,
+    "-d", JSON.stringify(options.data),
+    "-c", String(options.concurrency),
+    "-z", `${options.durationS}s`,
+    "--connections", String(options.connections ?? Math.min(options.concurrency, 4)),
+    "--format", "json",
+    "--skipFirst", "100",
+    "--duration-stop", "wait",
+    ...(options.rps ? ["--rps", String(options.rps)] : []),
+    ...(options.metadata ? ["-m", JSON.stringify(options.metadata)] : []),
+    options.address,
+  ];
+  const stdout = await new Promise<string>((resolve, reject) =>
+    execFile(tool("ghz"), args, { maxBuffer: 256 * 1024 * 1024, timeout: (options.durationS + 60) * 1000 }, (err, out, errOut) =>
+      err && !out ? reject(new Error(`ghz failed: ${errOut || err.message}`)) : resolve(out),
+    ),
+  );
+  const report = JSON.parse(stdout) as {
+    count: number;
+    rps: number;
+    latencyDistribution: { percentage: number; latency: number }[] | null;
+    statusCodeDistribution: Record<string, number>;
+  };
+  const at = (p: number) => (report.latencyDistribution?.find((d) => d.percentage === p)?.latency ?? 0) / 1e6;
+  const errors = Object.entries(report.statusCodeDistribution ?? {})
+    .filter(([code]) => code !== "OK")
+    .reduce((sum, [, n]) => sum + n, 0);
+  return {
+    name: options.name,
+    qps: Math.round(report.rps * 10) / 10,
+    p50_ms: at(50),
+    p95_ms: at(95),
+    p99_ms: at(99),
+    errors,
+    count: report.count,
+    concurrency: options.concurrency,
+    ...(options.rps ? { offered_rps: options.rps } : {}),
+    status_codes: report.statusCodeDistribution,
+    ...options.extra,
+  };
+}
+
+export function ratio(name: string, value: number, target: string, pass: boolean): Ratio {
+  return { name, value: Math.round(value * 1000) / 1000, target, pass };
+}
