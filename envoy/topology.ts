@@ -1,0 +1,145 @@
+// The one source of truth for the mesh: which services exist, which instances, who
+// calls whom, the ports, and the network policies. scripts/render-envoy.ts renders
+// every Envoy config (local and Kubernetes) from this file; scripts/start.ts and the
+// k8s manifests read the same ports. Edit here, then `npm run render`.
+
+/** How callers reach a service: applied on the callers' egress listeners. */
+export interface CallPolicy {
+  /** Route timeout when the caller sends no grpc-timeout. */
+  timeoutMs: number;
+  /** Upper bound on the caller's grpc-timeout. */
+  maxGrpcTimeoutMs: number;
+  retries: number;
+  perTryTimeoutMs: number;
+  /** Send a second attempt when a try passes perTryTimeoutMs (idempotent reads only). */
+  hedge: boolean;
+  circuit: { maxConnections: number; maxPendingRequests: number; maxRequests: number; maxRetries: number };
+  outlier: { consecutiveGatewayFailure: number; intervalMs: number; baseEjectionMs: number };
+}
+
+export interface ServiceSpec {
+  name: string;
+  /** Fully-qualified gRPC services it serves (route prefixes). */
+  grpcServices: string[];
+  /** Deployed versions; each gets its own app process and sidecar. */
+  versions: string[];
+  /** Services it calls, each through an egress listener of its sidecar. */
+  upstreams: string[];
+  /** Serves Connect (JSON and binary) for browsers on a second app listener. */
+  connect: boolean;
+  /** Per-instance cap at the sidecar's ingress, requests per second. */
+  ingressRps: number;
+  call: CallPolicy;
+}
+
+const read: CallPolicy = {
+  timeoutMs: 1000,
+  maxGrpcTimeoutMs: 5000,
+  retries: 2,
+  perTryTimeoutMs: 250,
+  hedge: true,
+  circuit: { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 2048, maxRetries: 64 },
+  outlier: { consecutiveGatewayFailure: 5, intervalMs: 1000, baseEjectionMs: 5000 },
+};
+
+export const services: ServiceSpec[] = [
+  {
+    name: "prediction",
+    grpcServices: ["recsys.prediction.v1.PredictionService"],
+    versions: ["v1", "v2"],
+    upstreams: ["experiment", "feature", "retrieval"],
+    connect: true,
+    ingressRps: 20000,
+    call: { ...read, timeoutMs: 2000, retries: 1, perTryTimeoutMs: 1000, hedge: false },
+  },
+  {
+    name: "feature",
+    grpcServices: ["recsys.feature.v1.FeatureService"],
+    versions: ["v1"],
+    upstreams: [],
+    connect: false,
+    ingressRps: 50000,
+    call: read,
+  },
+  {
+    name: "retrieval",
+    grpcServices: ["recsys.retrieval.v1.RetrievalService"],
+    versions: ["v1"],
+    upstreams: [],
+    connect: false,
+    ingressRps: 50000,
+    call: read,
+  },
+  {
+    name: "experiment",
+    grpcServices: ["recsys.experiment.v1.ExperimentService"],
+    versions: ["v1"],
+    upstreams: [],
+    connect: false,
+    ingressRps: 50000,
+    call: read,
+  },
+  {
+    name: "echo",
+    grpcServices: ["recsys.echo.v1.EchoService"],
+    versions: ["v1"],
+    upstreams: [],
+    connect: false,
+    ingressRps: 100000,
+    call: { ...read, hedge: false },
+  },
+];
+
+/** Rate limits per user tier at the edge (x-user-tier header), token buckets. */
+export const tiers = [
+  { tier: "free", rps: 50, burst: 100 },
+  { tier: "premium", rps: 500, burst: 1000 },
+  { tier: "enterprise", rps: 5000, burst: 10000 },
+];
+/** Requests without a tier header share this bucket. */
+export const anonymousRps = 20000;
+
+/** Where things listen. Local: one loopback port each. Kubernetes: the same ports in every pod. */
+export interface Ports {
+  edge: number;
+  edgeAdmin: number;
+  app(service: string, version: string): number;
+  appConnect(service: string, version: string): number;
+  appMetrics(service: string, version: string): number;
+  ingress(service: string, version: string): number;
+  sidecarAdmin(service: string, version: string): number;
+  egress(service: string, version: string, upstream: string): number;
+}
+
+const index = (name: string) => services.findIndex((s) => s.name === name);
+const slot = (service: string, version: string) => index(service) * 10 + services[index(service)]!.versions.indexOf(version);
+
+export const localPorts: Ports = {
+  edge: Number(process.env.EDGE_PORT ?? 8080),
+  edgeAdmin: Number(process.env.EDGE_ADMIN_PORT ?? 9901),
+  app: (s, v) => 50100 + slot(s, v),
+  appConnect: (s, v) => 50200 + slot(s, v),
+  appMetrics: (s, v) => 50300 + slot(s, v),
+  ingress: (s, v) => 15100 + slot(s, v),
+  sidecarAdmin: (s, v) => 15300 + slot(s, v),
+  egress: (s, v, u) => 15500 + slot(s, v) * 10 + index(u),
+};
+
+export const podPorts: Ports = {
+  edge: 8080,
+  edgeAdmin: 9901,
+  app: () => 50051,
+  appConnect: () => 50052,
+  appMetrics: () => 9090,
+  ingress: () => 15006,
+  sidecarAdmin: () => 15000,
+  egress: (_s, _v, u) => 15001 + index(u),
+};
+
+export function service(name: string): ServiceSpec {
+  const found = services.find((s) => s.name === name);
+  if (!found) throw new Error(`unknown service ${name}`);
+  return found;
+}
+
+export const instances = services.flatMap((s) => s.versions.map((version) => ({ service: s, version, id: s.versions.length > 1 ? `${s.name}-${version}` : s.name })));

@@ -1,0 +1,195 @@
+// Brings the mesh up on one machine without Docker: Redis (unless REDIS_URL is
+// given), every service instance from envoy/topology.ts with its Envoy sidecar, and
+// the edge Envoy. Used by `npm start`, the mesh tests and the end-to-end benchmark.
+import { existsSync, mkdirSync, openSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
+import { instances, localPorts, type ServiceSpec } from "../envoy/topology.js";
+import { ROOT, tool } from "./tools.js";
+
+export interface MeshOptions {
+  /** Only these services (default: every service whose server exists). */
+  only?: string[];
+  /** Use this Redis instead of starting one. */
+  redisUrl?: string;
+  /** Port for the Redis the mesh starts. */
+  redisPort?: number;
+  /** Extra env for every app (LOG_LEVEL, ADMIN_TOKEN, ...). */
+  env?: Record<string, string>;
+  /** Extra env per instance id ("prediction-v2"). */
+  instanceEnv?: Record<string, Record<string, string>>;
+  logDir?: string;
+  /** How long to wait for every instance to report SERVING. */
+  readyTimeoutMs?: number;
+}
+
+export interface RunningInstance {
+  id: string;
+  service: string;
+  version: string;
+  appPort: number;
+  ingressPort: number;
+  sidecarAdminPort: number;
+  metricsPort: number;
+  app: ChildProcess;
+  sidecar: ChildProcess;
+}
+
+export interface Mesh {
+  redisUrl: string;
+  edge: string;
+  edgeAdmin: string;
+  instances: RunningInstance[];
+  logDir: string;
+  /** Stops one instance's app (chaos tests), leaving its sidecar up. */
+  killApp(id: string, signal?: NodeJS.Signals): Promise<void>;
+  /** Starts a stopped instance's app again. */
+  restartApp(id: string): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const serverEntry = (name: string) => join(ROOT, "services", name, "server.ts");
+
+export function availableServices(): string[] {
+  return [...new Set(instances.map((i) => i.service.name))].filter((name) => existsSync(serverEntry(name)));
+}
+
+/** Addresses of a caller's upstreams: its own sidecar's egress listeners. */
+function upstreamEnv(spec: ServiceSpec, version: string): Record<string, string> {
+  return Object.fromEntries(spec.upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${localPorts.egress(spec.name, version, u)}`]));
+}
+
+function stopChild(child: ChildProcess | undefined, timeoutMs = 15_000): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+export async function waitServing(address: string, service: string, timeoutMs: number): Promise<void> {
+  const client = createClient(Health, createGrpcTransport({ baseUrl: `http://${address}` }));
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    try {
+      const res = await client.check({ service }, { timeoutMs: 1000 });
+      if (res.status === HealthCheckResponse_ServingStatus.SERVING) return;
+      last = HealthCheckResponse_ServingStatus[res.status];
+    } catch (err) {
+      last = String(err);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`${service} at ${address} not SERVING after ${timeoutMs} ms (last: ${last})`);
+}
+
+/** Waits until the edge's active health checks see every running instance healthy. */
+async function waitEdgeHealthy(adminUrl: string, running: RunningInstance[], timeoutMs: number): Promise<void> {
+  const clusterOf = (i: RunningInstance) => (i.service === "prediction" ? `prediction-${i.version}` : i.service);
+  const deadline = Date.now() + timeoutMs;
+  let missing: string[] = [];
+  while (Date.now() < deadline) {
+    const text = await fetch(`${adminUrl}/clusters`).then((r) => r.text(), () => "");
+    missing = running
+      .filter((i) => !text.includes(`${clusterOf(i)}::127.0.0.1:${i.ingressPort}::health_flags::healthy`))
+      .map((i) => i.id);
+    if (missing.length === 0) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`edge does not see ${missing.join(", ")} healthy after ${timeoutMs} ms`);
+}
+
+export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
+  const logDir = options.logDir ?? join(ROOT, ".run", "logs");
+  mkdirSync(logDir, { recursive: true });
+  const children: ChildProcess[] = [];
+  const launch = (id: string, command: string, args: string[], env: Record<string, string> = {}) => {
+    const log = openSync(join(logDir, `${id}.log`), "a");
+    const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", log, log] });
+    children.push(child);
+    return child;
+  };
+
+  let redisUrl = options.redisUrl ?? process.env.REDIS_URL;
+  if (!redisUrl) {
+    const port = options.redisPort ?? Number(process.env.REDIS_PORT ?? 6390);
+    const dir = join(ROOT, ".run", "redis");
+    mkdirSync(dir, { recursive: true });
+    launch("redis", tool("redis-server"), ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--save", ""]);
+    redisUrl = `redis://127.0.0.1:${port}`;
+  }
+
+  const wanted = new Set(options.only ?? availableServices());
+  const running: RunningInstance[] = [];
+  const appEnv = new Map<string, Record<string, string>>();
+  for (const { service: spec, version, id } of instances) {
+    if (!wanted.has(spec.name)) continue;
+    const ports = {
+      appPort: localPorts.app(spec.name, version),
+      ingressPort: localPorts.ingress(spec.name, version),
+      sidecarAdminPort: localPorts.sidecarAdmin(spec.name, version),
+      metricsPort: localPorts.appMetrics(spec.name, version),
+    };
+    const env = {
+      GRPC_PORT: String(ports.appPort),
+      METRICS_PORT: String(ports.metricsPort),
+      ...(spec.connect ? { CONNECT_PORT: String(localPorts.appConnect(spec.name, version)) } : {}),
+      SERVICE_VERSION: version,
+      REDIS_URL: redisUrl,
+      ...upstreamEnv(spec, version),
+      ...options.env,
+      ...options.instanceEnv?.[id],
+    };
+    appEnv.set(id, env);
+    const app = launch(id, "node", ["--import", "tsx", serverEntry(spec.name)], env);
+    const sidecar = launch(`envoy-${id}`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn"]);
+    running.push({ id, service: spec.name, version, ...ports, app, sidecar });
+  }
+  launch("envoy-edge", tool("envoy"), ["-c", join(ROOT, "envoy", "local", "edge.yaml"), "--disable-hot-restart", "-l", "warn"]);
+
+  const stop = async () => {
+    await Promise.all(children.map((c) => stopChild(c)));
+  };
+  const mesh: Mesh = {
+    redisUrl,
+    edge: `127.0.0.1:${localPorts.edge}`,
+    edgeAdmin: `http://127.0.0.1:${localPorts.edgeAdmin}`,
+    instances: running,
+    logDir,
+    stop,
+    killApp: (id, signal = "SIGKILL") => {
+      const instance = running.find((i) => i.id === id)!;
+      const exited = new Promise<void>((resolve) => instance.app.once("exit", () => resolve()));
+      instance.app.kill(signal);
+      return exited;
+    },
+    restartApp: async (id) => {
+      const instance = running.find((i) => i.id === id)!;
+      instance.app = launch(id, "node", ["--import", "tsx", serverEntry(instance.service)], appEnv.get(id)!);
+      await waitServing(`127.0.0.1:${instance.appPort}`, "", options.readyTimeoutMs ?? 60_000);
+    },
+  };
+  try {
+    const timeout = options.readyTimeoutMs ?? 90_000;
+    await Promise.all(
+      running.map(async (i) => {
+        await waitServing(`127.0.0.1:${i.appPort}`, "", timeout);
+        // Through the sidecar too: the mesh path is what callers use.
+        await waitServing(`127.0.0.1:${i.ingressPort}`, "", timeout);
+      }),
+    );
+    await waitEdgeHealthy(mesh.edgeAdmin, running, timeout);
+  } catch (err) {
+    await stop();
+    throw new Error(`${(err as Error).message}\nlogs: ${logDir}`);
+  }
+  return mesh;
+}

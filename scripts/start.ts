@@ -1,0 +1,45 @@
+// `npm start`: the whole mesh on this machine. Logs go to .run/logs/; Ctrl-C stops
+// everything.
+import { availableServices, startMesh } from "./mesh.js";
+import { tool } from "./tools.js";
+
+const started = performance.now();
+const services = availableServices();
+console.log(`starting ${services.join(", ")} with their Envoy sidecars, and the edge...`);
+const mesh = await startMesh().catch((err: Error) => {
+  console.error(`npm start failed: ${err.message}`);
+  process.exit(1);
+});
+const seconds = ((performance.now() - started) / 1000).toFixed(1);
+const grpcurl = tool("grpcurl");
+const ghz = tool("ghz");
+const rows = mesh.instances.map((i) => `  ${i.id.padEnd(15)} app 127.0.0.1:${i.appPort}  sidecar ingress :${i.ingressPort}  admin :${i.sidecarAdminPort}  metrics :${i.metricsPort}/metrics`);
+const hasPrediction = services.includes("prediction");
+console.log(`
+recsys-mesh is up in ${seconds}s (Redis ${mesh.redisUrl}).
+
+  edge (gRPC, gRPC-web, Connect)  ${mesh.edge}
+  edge admin (stats, runtime)     ${mesh.edgeAdmin}
+${rows.join("\n")}
+  logs                            ${mesh.logDir}
+
+Try it:
+  ${grpcurl} -plaintext -d '{"message":"hello"}' ${mesh.edge} recsys.echo.v1.EchoService/Echo
+${hasPrediction ? `  ${grpcurl} -plaintext -d '{"user_id":"u000001","num_predictions":5}' ${mesh.edge} recsys.prediction.v1.PredictionService/Predict
+  ${grpcurl} -plaintext ${mesh.edge} list
+  curl -s -H 'content-type: application/json' -d '{"userId":"u000001"}' http://${mesh.edge}/recsys.prediction.v1.PredictionService/Predict
+` : ""}  ${ghz} --insecure --import-paths proto --proto recsys/echo/v1/echo.proto --call recsys.echo.v1.EchoService.Echo -d '{"message":"hi"}' -c 50 -z 10s ${mesh.edge}
+  curl -s ${mesh.edgeAdmin}/stats?filter=cluster.*upstream_rq_total
+
+Ctrl-C stops everything.`);
+
+let stopping = false;
+const stop = async () => {
+  if (stopping) return;
+  stopping = true;
+  console.log("\nstopping...");
+  await mesh.stop();
+  process.exit(0);
+};
+process.on("SIGINT", stop);
+process.on("SIGTERM", stop);
