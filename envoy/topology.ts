@@ -86,7 +86,7 @@ export const services: ServiceSpec[] = [
     upstreams: [],
     connect: false,
     ingressRps: 100000,
-    call: { ...read, hedge: false },
+    call: { ...read, retries: 3, hedge: false },
   },
 ];
 

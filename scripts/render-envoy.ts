@@ -125,17 +125,38 @@ function localRateLimit(statPrefix: string, rps: number, perTier?: { descriptors
   };
 }
 
-/** Aborts and delays chosen per request by x-envoy-fault-* headers, for tests. */
-function faultInjection(): Obj {
-  return {
-    name: "envoy.filters.http.fault",
-    typed_config: {
-      "@type": type("envoy.extensions.filters.http.fault.v3.HTTPFault"),
-      abort: { header_abort: {}, percentage: { numerator: 100, denominator: "HUNDRED" } },
-      delay: { header_delay: {}, percentage: { numerator: 100, denominator: "HUNDRED" } },
-      max_active_faults: 10000,
+/**
+ * Fault injection at a sidecar's ingress, two ways: per request with
+ * x-envoy-fault-* headers (from inside the mesh; the edge strips them), and for
+ * all traffic through runtime keys chaos.* set on the sidecar's admin API
+ * (/runtime_modify?chaos.abort_percent=30), for chaos runs and canary drills.
+ */
+function faultInjection(): Obj[] {
+  const hundred = { numerator: 100, denominator: "HUNDRED" };
+  return [
+    {
+      name: "envoy.filters.http.fault",
+      typed_config: {
+        "@type": type("envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        abort: { header_abort: {}, percentage: hundred },
+        delay: { header_delay: {}, percentage: hundred },
+        max_active_faults: 10000,
+      },
     },
-  };
+    {
+      name: "envoy.filters.http.fault",
+      typed_config: {
+        "@type": type("envoy.extensions.filters.http.fault.v3.HTTPFault"),
+        abort: { grpc_status: 14, percentage: { numerator: 0, denominator: "HUNDRED" } },
+        delay: { fixed_delay: "0.1s", percentage: { numerator: 0, denominator: "HUNDRED" } },
+        abort_percent_runtime: "chaos.abort_percent",
+        abort_grpc_status_runtime: "chaos.abort_grpc_status",
+        delay_percent_runtime: "chaos.delay_percent",
+        delay_duration_runtime: "chaos.delay_ms",
+        max_active_faults: 10000,
+      },
+    },
+  ];
 }
 
 function grpcHealthCheck(): Obj[] {
@@ -205,10 +226,10 @@ function localAppCluster(name: string, port: number, http2: boolean, address = "
   };
 }
 
-function callRoute(cluster: string, spec: ServiceSpec): Obj {
+/** Route settings for calling a service: timeouts, retries, hedging. */
+function callPolicy(spec: ServiceSpec): Obj {
   const policy = spec.call;
   return {
-    cluster,
     timeout: ms(policy.timeoutMs),
     // The caller's grpc-timeout becomes the route timeout (capped), so Envoy never
     // waits longer than the caller will.
@@ -221,6 +242,10 @@ function callRoute(cluster: string, spec: ServiceSpec): Obj {
     },
     ...(policy.hedge ? { hedge_policy: { hedge_on_per_try_timeout: true } } : {}),
   };
+}
+
+function callRoute(cluster: string, spec: ServiceSpec): Obj {
+  return { cluster, ...callPolicy(spec) };
 }
 
 function bootstrap(id: string, adminPort: number, listeners: Obj[], clusters: Obj[], runtime: Obj = {}): Obj {
@@ -264,7 +289,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
     hcm(
       `ingress_${spec.name}`,
       { name: "local_app", virtual_hosts: [{ name: "local_app", domains: ["*"], routes: spec.connect ? [grpcRoute, connectRoute] : [grpcRoute] }] },
-      [faultInjection(), localRateLimit(`ingress_${spec.name}_ratelimit`, spec.ingressRps)],
+      [...faultInjection(), localRateLimit(`ingress_${spec.name}_ratelimit`, spec.ingressRps)],
       place.accessLog(`${id}-ingress`),
     ),
   );
@@ -298,12 +323,13 @@ export function renderEdge(target: Target): Obj {
   const predictionPrefix = `/${prediction.grpcServices[0]}/`;
   const canaryRoutes = prediction.versions.map((v) => ({
     match: { prefix: predictionPrefix, headers: [{ name: "x-canary", string_match: { exact: v } }] },
-    route: { cluster: `prediction-${v}`, timeout: "5s", max_stream_duration: { grpc_timeout_header_max: "5s" } },
+    route: callRoute(`prediction-${v}`, prediction),
   }));
   const [stable, canary] = prediction.versions as [string, string];
   const splitRoute = {
     match: { prefix: predictionPrefix },
     route: {
+      ...callPolicy(prediction),
       // Weights live in runtime (routing.prediction.prediction-v1 / -v2): the canary
       // controller changes them through the admin API without a restart.
       weighted_clusters: {
@@ -313,8 +339,6 @@ export function renderEdge(target: Target): Obj {
           { name: `prediction-${canary}`, weight: 0 },
         ],
       },
-      timeout: "5s",
-      max_stream_duration: { grpc_timeout_header_max: "5s" },
       request_mirror_policies: [
         { cluster: `prediction-${canary}`, runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: "routing.prediction.shadow_percent" } },
       ],
@@ -322,7 +346,7 @@ export function renderEdge(target: Target): Obj {
   };
   const otherRoutes = services
     .filter((s) => s.name !== "prediction")
-    .flatMap((s) => s.grpcServices.map((g) => ({ match: { prefix: `/${g}/` }, route: { cluster: s.name, timeout: "10s", max_stream_duration: { grpc_timeout_header_max: "10s" } } })));
+    .flatMap((s) => s.grpcServices.map((g) => ({ match: { prefix: `/${g}/` }, route: callRoute(s.name, s) })));
   // Health and reflection at the edge describe the product: prediction (stable).
   const infraRoutes = ["/grpc.health.v1.Health/", "/grpc.reflection."].map((prefix) => ({
     match: { prefix },
