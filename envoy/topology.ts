@@ -86,7 +86,9 @@ export const services: ServiceSpec[] = [
     upstreams: [],
     connect: false,
     ingressRps: 100000,
-    call: { ...read, retries: 3, hedge: false },
+    // The benchmark baseline: no per-try timeout or hedging, so the mesh's cost is
+    // measured without policies that would add or drop attempts under load.
+    call: { ...read, timeoutMs: 5000, retries: 3, perTryTimeoutMs: 5000, hedge: false },
   },
 ];
 

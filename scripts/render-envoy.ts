@@ -149,6 +149,9 @@ function faultInjection(): Obj[] {
         "@type": type("envoy.extensions.filters.http.fault.v3.HTTPFault"),
         abort: { grpc_status: 14, percentage: { numerator: 0, denominator: "HUNDRED" } },
         delay: { fixed_delay: "0.1s", percentage: { numerator: 0, denominator: "HUNDRED" } },
+        // Health checks pass untouched: chaos makes requests fail, and outlier
+        // detection (not the health checker) has to notice.
+        headers: [{ name: ":path", string_match: { prefix: "/grpc.health.v1.Health/" }, invert_match: true }],
         abort_percent_runtime: "chaos.abort_percent",
         abort_grpc_status_runtime: "chaos.abort_grpc_status",
         delay_percent_runtime: "chaos.delay_percent",
