@@ -388,6 +388,12 @@ export function renderEdge(target: Target): Obj {
       [
         { name: "envoy.filters.http.cors", typed_config: { "@type": type("envoy.extensions.filters.http.cors.v3.Cors") } },
         { name: "envoy.filters.http.grpc_web", typed_config: { "@type": type("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb") } },
+        // Per-method gRPC success/failure counters per cluster: what the canary
+        // controller compares between versions.
+        {
+          name: "envoy.filters.http.grpc_stats",
+          typed_config: { "@type": type("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"), stats_for_all_methods: true, enable_upstream_stats: true },
+        },
         localRateLimit("edge_tier_ratelimit", anonymousRps, {
           descriptors: tiers.map((t) => ({ entries: [{ key: "tier", value: t.tier }], token_bucket: tokenBucket(t.rps, t.burst) })),
           rateLimits: [{ actions: [{ request_headers: { header_name: "x-user-tier", descriptor_key: "tier" } }] }],

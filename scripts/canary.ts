@@ -1,0 +1,147 @@
+// `npm run canary -- [--steps 10,25,50] [--interval-s 10] ...`: ramps traffic from
+// prediction-v1 to prediction-v2 through the edge's runtime weights, step by step.
+// After each step it compares v2 with v1 over that step: gRPC error rate and p99
+// from the edge's own stats, and the fallback rate from each version's /metrics.
+// Any breach rolls back at once (v2 weight 0); passing every step promotes v2 to
+// 100%. It never shifts traffic to v2 while the edge sees no healthy v2 instance.
+import { parseArgs } from "node:util";
+import { pathToFileURL } from "node:url";
+import { localPorts } from "../envoy/topology.js";
+import { histogram, setRuntime, stats } from "./envoy-admin.js";
+
+export interface CanaryOptions {
+  edgeAdmin: string;
+  steps: number[];
+  intervalMs: number;
+  /** Highest acceptable v2 gRPC error rate in a step (0..1). */
+  maxErrorRate: number;
+  /** Highest acceptable v2 p99 / v1 p99. */
+  maxLatencyRatio: number;
+  /** Highest acceptable v2 fallback rate minus v1's, in a step. */
+  maxFallbackIncrease: number;
+  /** Minimum v2 requests in a step for its figures to count. */
+  minRequests: number;
+  metricsUrls: { v1: string; v2: string };
+  log?: (line: string) => void;
+}
+
+export interface CanaryResult {
+  outcome: "promoted" | "rolled_back" | "not_ready";
+  reason: string;
+  steps: { weight: number; errorRate: number; p99Ratio: number | null; fallbackIncrease: number; requests: number }[];
+}
+
+const predict = "grpc.recsys.prediction.v1.PredictionService.Predict";
+
+async function setWeight(edgeAdmin: string, v2: number) {
+  await setRuntime(edgeAdmin, { "routing.prediction.prediction-v1": 100 - v2, "routing.prediction.prediction-v2": v2 });
+}
+
+/** gRPC codes that are the server's fault (bad input and shedding are not). */
+const serverErrorCodes = [2, 4, 13, 14, 15];
+
+/** Predict calls and server errors per version, from the edge's grpc_stats counters. */
+async function grpcCounts(edgeAdmin: string) {
+  const s = await stats(edgeAdmin, `^cluster\\.prediction-v[12]\\.${predict.replace(/\./g, "\\.")}\\.`);
+  const get = (v: string, k: string | number) => s.get(`cluster.prediction-${v}.${predict}.${k}`) ?? 0;
+  const side = (v: string) => ({ total: get(v, "total"), errors: serverErrorCodes.reduce((sum, code) => sum + get(v, code), 0) });
+  return { v1: side("v1"), v2: side("v2") };
+}
+
+/** Predictions answered below the primary rung, and all predictions, from /metrics. */
+async function fallbackCounts(url: string): Promise<{ fallback: number; total: number }> {
+  const text = await fetch(url).then((r) => r.text(), () => "");
+  let fallback = 0;
+  let total = 0;
+  for (const line of text.split("\n")) {
+    const match = /^recsys_prediction_responses_total\{([^}]*)\} (\S+)$/.exec(line);
+    if (!match) continue;
+    const value = Number(match[2]);
+    total += value;
+    if (!/fallback_level="primary"/.test(match[1]!)) fallback += value;
+  }
+  return { fallback, total };
+}
+
+async function v2Healthy(edgeAdmin: string): Promise<boolean> {
+  return ((await stats(edgeAdmin, "^cluster\\.prediction-v2\\.membership_healthy$")).get("cluster.prediction-v2.membership_healthy") ?? 0) > 0;
+}
+
+export async function runCanary(o: CanaryOptions): Promise<CanaryResult> {
+  const log = o.log ?? ((line: string) => console.log(line));
+  const result: CanaryResult = { outcome: "promoted", reason: "", steps: [] };
+  if (!(await v2Healthy(o.edgeAdmin))) {
+    await setWeight(o.edgeAdmin, 0);
+    return { ...result, outcome: "not_ready", reason: "the edge sees no healthy prediction-v2 instance" };
+  }
+  for (const weight of o.steps) {
+    const before = await grpcCounts(o.edgeAdmin);
+    const fbBefore = { v1: await fallbackCounts(o.metricsUrls.v1), v2: await fallbackCounts(o.metricsUrls.v2) };
+    await setWeight(o.edgeAdmin, weight);
+    log(`canary: prediction-v2 at ${weight}%`);
+    const until = Date.now() + o.intervalMs;
+    let breach = "";
+    let step = { weight, errorRate: 0, p99Ratio: null as number | null, fallbackIncrease: 0, requests: 0 };
+    // Check every second so a breach rolls back within a second, not at the step's end.
+    while (Date.now() < until && !breach) {
+      await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, until - Date.now()))));
+      if (!(await v2Healthy(o.edgeAdmin))) {
+        breach = "prediction-v2 has no healthy instance";
+        break;
+      }
+      const now = await grpcCounts(o.edgeAdmin);
+      const v2Total = now.v2.total - before.v2.total;
+      const v2Failed = now.v2.errors - before.v2.errors;
+      const fb = { v1: await fallbackCounts(o.metricsUrls.v1), v2: await fallbackCounts(o.metricsUrls.v2) };
+      const rate = (side: "v1" | "v2") => {
+        const total = fb[side].total - fbBefore[side].total;
+        return total > 0 ? (fb[side].fallback - fbBefore[side].fallback) / total : 0;
+      };
+      const [p1, p2] = [await histogram(o.edgeAdmin, "cluster.prediction-v1.upstream_rq_time"), await histogram(o.edgeAdmin, "cluster.prediction-v2.upstream_rq_time")];
+      const p99Ratio = p1.p99 && p2.p99 ? p2.p99 / p1.p99 : null;
+      step = { weight, errorRate: v2Total > 0 ? v2Failed / v2Total : 0, p99Ratio, fallbackIncrease: rate("v2") - rate("v1"), requests: v2Total };
+      if (v2Total < o.minRequests) continue;
+      if (step.errorRate > o.maxErrorRate) breach = `error rate ${(step.errorRate * 100).toFixed(2)}% > ${(o.maxErrorRate * 100).toFixed(2)}%`;
+      else if (p99Ratio !== null && p99Ratio > o.maxLatencyRatio) breach = `p99 ${p99Ratio.toFixed(2)}x v1 > ${o.maxLatencyRatio}x`;
+      else if (step.fallbackIncrease > o.maxFallbackIncrease) breach = `fallback rate +${(step.fallbackIncrease * 100).toFixed(1)} points over v1`;
+    }
+    result.steps.push(step);
+    if (!breach && step.requests < o.minRequests) breach = `only ${step.requests} requests reached v2 at ${weight}% (need ${o.minRequests})`;
+    if (breach) {
+      await setWeight(o.edgeAdmin, 0);
+      log(`canary: rolled back at ${weight}%: ${breach}`);
+      return { ...result, outcome: "rolled_back", reason: breach };
+    }
+    log(`canary: ${weight}% healthy (${step.requests} requests, error rate ${(step.errorRate * 100).toFixed(2)}%, p99 ratio ${step.p99Ratio?.toFixed(2) ?? "n/a"})`);
+  }
+  await setWeight(o.edgeAdmin, 100);
+  log("canary: promoted prediction-v2 to 100%");
+  return { ...result, reason: "every step within bounds" };
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  const { values } = parseArgs({
+    options: {
+      "edge-admin": { type: "string", default: `http://127.0.0.1:${localPorts.edgeAdmin}` },
+      steps: { type: "string", default: "10,25,50" },
+      "interval-s": { type: "string", default: "30" },
+      "max-error-rate": { type: "string", default: "0.01" },
+      "max-latency-ratio": { type: "string", default: "1.5" },
+      "max-fallback-increase": { type: "string", default: "0.05" },
+      "min-requests": { type: "string", default: "50" },
+    },
+  });
+  const metrics = (v: string) => `http://127.0.0.1:${localPorts.appMetrics("prediction", v)}/metrics`;
+  const result = await runCanary({
+    edgeAdmin: values["edge-admin"]!,
+    steps: values.steps!.split(",").map(Number),
+    intervalMs: Number(values["interval-s"]) * 1000,
+    maxErrorRate: Number(values["max-error-rate"]),
+    maxLatencyRatio: Number(values["max-latency-ratio"]),
+    maxFallbackIncrease: Number(values["max-fallback-increase"]),
+    minRequests: Number(values["min-requests"]),
+    metricsUrls: { v1: metrics("v1"), v2: metrics("v2") },
+  });
+  console.log(JSON.stringify(result, null, 2));
+  process.exit(result.outcome === "promoted" ? 0 : 1);
+}
