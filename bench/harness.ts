@@ -87,7 +87,10 @@ export interface GhzOptions {
   call: string;
   /** The .proto declaring it, relative to proto/ ("recsys/echo/v1/echo.proto"). */
   proto: string;
-  data: unknown;
+  /** One request message (JSON), or use dataFile. */
+  data?: unknown;
+  /** A JSON file holding an array of messages, sent round-robin. */
+  dataFile?: string;
   concurrency: number;
   durationS: number;
   /** Open-loop rate; 0 means as fast as possible. */
@@ -105,7 +108,7 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
     "--import-paths", join(ROOT, "proto"),
     "--proto", options.proto,
     "--call", options.call,
-    "-d", JSON.stringify(options.data),
+    ...(options.dataFile ? ["-D", options.dataFile] : ["-d", JSON.stringify(options.data ?? {})]),
     "-c", String(options.concurrency),
     "-z", `${options.durationS}s`,
     "--connections", String(options.connections ?? Math.min(options.concurrency, 4)),

@@ -1,0 +1,157 @@
+// `npm run bench -- e2e`: the whole mesh as `npm start` brings it up, loaded with
+// ghz through the edge. For each scenario: the closed-loop ceiling, then an
+// open-loop sweep of offered rates up to past saturation. The echo service behind
+// the same edge and sidecar path, and called directly, gives the ceiling of the
+// stack on this machine. Writes the scenarios and ratios (latest.json), a
+// latency-throughput plot (e2e.svg) and a table (e2e.md).
+import { existsSync, readFileSync, writeFileSync, mkdtempSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import * as vega from "vega";
+import { compile } from "vega-lite";
+import { startMesh, type Mesh } from "../scripts/mesh.js";
+import { ROOT } from "../scripts/tools.js";
+import { ghz, ratio, type BenchSuite, type ScenarioResult } from "./harness.js";
+
+const seconds = Number(process.env.E2E_SECONDS ?? 6);
+const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split(",").map(Number);
+
+/** Zipf(s) sampler over n ranks, deterministic by seed. */
+function zipfSampler(n: number, s: number, seed: number): () => number {
+  const cdf = new Float64Array(n);
+  let sum = 0;
+  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / k ** s;
+  let state = seed >>> 0;
+  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => {
+    const u = random() * sum;
+    let lo = 0;
+    let hi = n - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (cdf[mid]! < u) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+}
+
+function userIds(): string[] {
+  const file = join(ROOT, "models", "embeddings", "v1", "user_ids.txt");
+  if (existsSync(file)) return readFileSync(file, "utf8").trim().split("\n");
+  return Array.from({ length: 2000 }, (_, i) => `u${String(i + 1).padStart(6, "0")}`);
+}
+
+interface Workload {
+  name: string;
+  address: (mesh: Mesh) => string;
+  call: string;
+  proto: string;
+  dataFile: string;
+}
+
+function writeData(dir: string, name: string, messages: unknown[]): string {
+  const file = join(dir, `${name}.json`);
+  writeFileSync(file, JSON.stringify(messages));
+  return file;
+}
+
+function workloads(dir: string): Workload[] {
+  const users = userIds();
+  const zipf = zipfSampler(users.length, 1.1, 42);
+  const cached = Array.from({ length: 20_000 }, () => ({ user_id: users[zipf()], num_predictions: 10 }));
+  const full = Array.from({ length: 20_000 }, (_, i) => ({ user_id: users[(i * 7919) % users.length], num_predictions: 10, bypass_cache: true }));
+  // Mixed: mostly returning users (cache), some cold requests and larger pages.
+  const mixed = Array.from({ length: 20_000 }, (_, i) =>
+    i % 10 < 7 ? cached[i] : i % 10 < 9 ? full[i] : { user_id: users[zipf()], num_predictions: 50, context: { device: "DEVICE_MOBILE" } },
+  );
+  const echo = [{ message: "x".repeat(256) }];
+  const predict = { call: "recsys.prediction.v1.PredictionService.Predict", proto: "recsys/prediction/v1/prediction.proto" };
+  const echoCall = { call: "recsys.echo.v1.EchoService.Echo", proto: "recsys/echo/v1/echo.proto" };
+  return [
+    { name: "echo direct", address: (m) => `127.0.0.1:${m.instances.find((i) => i.service === "echo")!.appPort}`, ...echoCall, dataFile: writeData(dir, "echo", echo) },
+    { name: "echo via edge + sidecar", address: (m) => m.edge, ...echoCall, dataFile: writeData(dir, "echo", echo) },
+    { name: "cached Predict (Zipf 1.1)", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "cached", cached) },
+    { name: "full Predict (cache off)", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "full", full) },
+    { name: "mixed Predict", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "mixed", mixed) },
+  ];
+}
+
+async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
+  const run = (name: string, rps?: number, durationS = seconds) =>
+    ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? 128 : 32, connections: 4, durationS, rps, extra: { workload: w.name } });
+  if (w.name.startsWith("cached")) await run(`${w.name} warm-up`, undefined, seconds);
+  const ceiling = await run(`${w.name} ceiling (closed loop, c=32)`);
+  const points: ScenarioResult[] = [];
+  for (const f of fractions) {
+    const rps = Math.max(10, Math.round(ceiling.qps * f));
+    points.push(await run(`${w.name} @ ${rps} rps offered`, rps));
+  }
+  return { ceiling, points };
+}
+
+async function plot(points: ScenarioResult[], file: string) {
+  const values = points.flatMap((p) => [
+    { workload: p.workload, offered: p.offered_rps, latency: p.p50_ms, quantile: "p50" },
+    { workload: p.workload, offered: p.offered_rps, latency: p.p99_ms, quantile: "p99" },
+  ]);
+  const spec = compile({
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: `recsys-mesh latency vs offered load (${cpus().length} cores, ${cpus()[0]?.model ?? ""})`,
+    width: 640,
+    height: 360,
+    data: { values },
+    mark: { type: "line", point: true },
+    encoding: {
+      x: { field: "offered", type: "quantitative", title: "offered load (requests/s)" },
+      y: { field: "latency", type: "quantitative", title: "latency (ms, log)", scale: { type: "log" } },
+      color: { field: "workload", type: "nominal" },
+      strokeDash: { field: "quantile", type: "nominal" },
+    },
+  } as never).spec;
+  const view = new vega.View(vega.parse(spec), { renderer: "none" });
+  writeFileSync(file, await view.toSVG());
+}
+
+function table(ceilings: ScenarioResult[], points: ScenarioResult[]): string {
+  const rows = [
+    "| workload | offered rps | achieved QPS | p50 ms | p99 ms | errors |",
+    "|---|---|---|---|---|---|",
+    ...ceilings.map((c) => `| ${c.workload} | ceiling (closed loop) | ${c.qps} | ${c.p50_ms.toFixed(2)} | ${c.p99_ms.toFixed(2)} | ${c.errors} |`),
+    ...points.map((p) => `| ${p.workload} | ${p.offered_rps} | ${p.qps} | ${p.p50_ms.toFixed(2)} | ${p.p99_ms.toFixed(2)} | ${p.errors} |`),
+  ];
+  return `${rows.join("\n")}\n`;
+}
+
+const suite: BenchSuite = {
+  name: "e2e",
+  async run() {
+    const mesh = await startMesh({ env: { LOG_LEVEL: "warn" } });
+    try {
+      const dir = mkdtempSync(join(tmpdir(), "recsys-e2e-"));
+      const results = new Map<string, { ceiling: ScenarioResult; points: ScenarioResult[] }>();
+      for (const w of workloads(dir)) results.set(w.name, await sweep(mesh, w));
+      const ceilings = [...results.values()].map((r) => r.ceiling);
+      const points = [...results.values()].flatMap((r) => r.points);
+      await plot(points, join(ROOT, "bench", "results", "e2e.svg"));
+      writeFileSync(join(ROOT, "bench", "results", "e2e.md"), table(ceilings, points));
+      const get = (name: string) => results.get(name)!;
+      const at = (name: string, fraction: number) => get(name).points[fractions.indexOf(fraction)]!;
+      const belowSaturation = points.filter((p) => (p.offered_rps as number) <= 0.9 * get(p.workload as string).ceiling.qps);
+      const full = "full Predict (cache off)";
+      return {
+        scenarios: [...ceilings, ...points],
+        ratios: [
+          ratio("cached Predict / echo, same edge + sidecar path (QPS)", get("cached Predict (Zipf 1.1)").ceiling.qps / get("echo via edge + sidecar").ceiling.qps, ">= 0.5", get("cached Predict (Zipf 1.1)").ceiling.qps / get("echo via edge + sidecar").ceiling.qps >= 0.5),
+          ratio("full / cached Predict (QPS)", get(full).ceiling.qps / get("cached Predict (Zipf 1.1)").ceiling.qps, "informational", true),
+          ratio("echo via mesh / direct (QPS)", get("echo via edge + sidecar").ceiling.qps / get("echo direct").ceiling.qps, "informational", true),
+          ratio("full Predict p99 / p50 at 50% of max rate", at(full, 0.5).p99_ms / at(full, 0.5).p50_ms, "<= 4", at(full, 0.5).p99_ms / at(full, 0.5).p50_ms <= 4),
+          ratio("errors below saturation (<= 90% of max)", belowSaturation.reduce((s, p) => s + p.errors, 0), "0", belowSaturation.every((p) => p.errors === 0)),
+        ],
+      };
+    } finally {
+      await mesh.stop();
+    }
+  },
+};
+export default suite;
