@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file recsys/experiment/v1/experiment.proto.
  */
 export const file_recsys_experiment_v1_experiment: GenFile = /*@__PURE__*/
-  fileDesc("CiVyZWNzeXMvZXhwZXJpbWVudC92MS9leHBlcmltZW50LnByb3RvEhRyZWNzeXMuZXhwZXJpbWVudC52MSLTAgoNVmFyaWFudENvbmZpZxIeCg1tb2RlbF92ZXJzaW9uGAEgASgJQge6SARyAhhAEnAKEGVuc2VtYmxlX3dlaWdodHMYAiADKAsyOC5yZWNzeXMuZXhwZXJpbWVudC52MS5WYXJpYW50Q29uZmlnLkVuc2VtYmxlV2VpZ2h0c0VudHJ5Qhy6SBmaARYqFBISGQAAAAAAQI9AKQAAAAAAAAAAEkkKBnBhcmFtcxgDIAMoCzIvLnJlY3N5cy5leHBlcmltZW50LnYxLlZhcmlhbnRDb25maWcuUGFyYW1zRW50cnlCCLpIBZoBAhBAGjYKFEVuc2VtYmxlV2VpZ2h0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEaLQoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKZAQoHVmFyaWFudBIsCgRuYW1lGAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYzfSQSKwoKYWxsb2NhdGlvbhgCIAEoAUIXukgUEhIZAAAAAAAA8D8pAAAAAAAAAAASMwoGY29uZmlnGAMgASgLMiMucmVjc3lzLmV4cGVyaW1lbnQudjEuVmFyaWFudENvbmZpZyKhAQoJVGFyZ2V0aW5nEjgKB2RldmljZXMYASADKA4yGC5yZWNzeXMuY29tbW9uLnYxLkRldmljZUINukgKkgEHIgWCAQIQARI8CglwbGF0Zm9ybXMYAiADKA4yGi5yZWNzeXMuY29tbW9uLnYxLlBsYXRmb3JtQg26SAqSAQciBYIBAhABEhwKCWxvY2F0aW9ucxgDIAMoCUIJukgGkgEDEIACIsAECgpFeHBlcmltZW50EioKAmlkGAEgASgJQh66SBtyGTIXXlthLXpdW2EtejAtOV8tXXswLDYzfSQSLQoFbGF5ZXIYAiABKAlCHrpIG3IZMhdeW2Etel1bYS16MC05Xy1dezAsNjN9JBIdCgtkZXNjcmlwdGlvbhgDIAEoCUIIukgFcgMYgAgSOwoIdmFyaWFudHMYBCADKAsyHS5yZWNzeXMuZXhwZXJpbWVudC52MS5WYXJpYW50Qgq6SAeSAQQIARAUEjIKCXRhcmdldGluZxgFIAEoCzIfLnJlY3N5cy5leHBlcmltZW50LnYxLlRhcmdldGluZxIuCgpzdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASQgoGc3RhdHVzGAggASgOMiYucmVjc3lzLmV4cGVyaW1lbnQudjEuRXhwZXJpbWVudFN0YXR1c0IKukgHggEEEAEgABIVCgRzZWVkGAkgASgJQge6SARyAhhAEiwKC2xheWVyX3NoYXJlGAogASgBQhe6SBQSEhkAAAAAAADwPykAAAAAAAAAABItCgxsYXllcl9vZmZzZXQYCyABKAFCF7pIFBISEQAAAAAAAPA/KQAAAAAAAAAAEhAKCHJldmlzaW9uGAwgASgDEh8KDnByaW1hcnlfbWV0cmljGA0gASgJQge6SARyAhhAIogBCgpBc3NpZ25tZW50EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDQoFbGF5ZXIYAiABKAkSDwoHdmFyaWFudBgDIAEoCRIzCgZjb25maWcYBCABKAsyIy5yZWNzeXMuZXhwZXJpbWVudC52MS5WYXJpYW50Q29uZmlnEg4KBmZvcmNlZBgFIAEoCCLyAQoNQXNzaWduUmVxdWVzdBIbCgd1c2VyX2lkGAEgASgJQgq6SAdyBRABGIABEjEKB2NvbnRleHQYAiABKAsyIC5yZWNzeXMuY29tbW9uLnYxLlJlcXVlc3RDb250ZXh0EloKD2ZvcmNlZF92YXJpYW50cxgDIAMoCzI3LnJlY3N5cy5leHBlcmltZW50LnYxLkFzc2lnblJlcXVlc3QuRm9yY2VkVmFyaWFudHNFbnRyeUIIukgFmgECECAaNQoTRm9yY2VkVmFyaWFudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlgKDkFzc2lnblJlc3BvbnNlEjUKC2Fzc2lnbm1lbnRzGAEgAygLMiAucmVjc3lzLmV4cGVyaW1lbnQudjEuQXNzaWdubWVudBIPCgdob2xkb3V0GAIgASgIIlcKF0NyZWF0ZUV4cGVyaW1lbnRSZXF1ZXN0EjwKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50Qga6SAPIAQEiUAoYQ3JlYXRlRXhwZXJpbWVudFJlc3BvbnNlEjQKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50IlcKF1VwZGF0ZUV4cGVyaW1lbnRSZXF1ZXN0EjwKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50Qga6SAPIAQEiUAoYVXBkYXRlRXhwZXJpbWVudFJlc3BvbnNlEjQKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50InIKFkxpc3RFeHBlcmltZW50c1JlcXVlc3QSFgoFbGF5ZXIYASABKAlCB7pIBHICGEASQAoGc3RhdHVzGAIgASgOMiYucmVjc3lzLmV4cGVyaW1lbnQudjEuRXhwZXJpbWVudFN0YXR1c0IIukgFggECEAEiUAoXTGlzdEV4cGVyaW1lbnRzUmVzcG9uc2USNQoLZXhwZXJpbWVudHMYASADKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50IrEBCghFeHBvc3VyZRIfCgtleHBvc3VyZV9pZBgBIAEoCUIKukgHcgUQARiAARIeCg1leHBlcmltZW50X2lkGAIgASgJQge6SARyAhABEhgKB3ZhcmlhbnQYAyABKAlCB7pIBHICEAESGwoHdXNlcl9pZBgEIAEoCUIKukgHcgUQARiAARItCgl0aW1lc3RhbXAYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlgKFlJlY29yZEV4cG9zdXJlc1JlcXVlc3QSPgoJZXhwb3N1cmVzGAEgAygLMh4ucmVjc3lzLmV4cGVyaW1lbnQudjEuRXhwb3N1cmVCC7pICJIBBQgBEJBOIj8KF1JlY29yZEV4cG9zdXJlc1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhIKCmR1cGxpY2F0ZXMYAiABKAUi3AEKB091dGNvbWUSHgoKb3V0Y29tZV9pZBgBIAEoCUIKukgHcgUQARiAARIeCg1leHBlcmltZW50X2lkGAIgASgJQge6SARyAhABEhsKB3VzZXJfaWQYAyABKAlCCrpIB3IFEAEYgAESLQoGbWV0cmljGAQgASgJQh26SBpyGDIWXlthLXpdW2EtejAtOV9dezAsNjN9JBIWCgV2YWx1ZRgFIAEoAUIHukgEEgJAARItCgl0aW1lc3RhbXAYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlQKFFJlY29yZE91dGNvbWVSZXF1ZXN0EjwKCG91dGNvbWVzGAEgAygLMh0ucmVjc3lzLmV4cGVyaW1lbnQudjEuT3V0Y29tZUILukgIkgEFCAEQkE4iPQoVUmVjb3JkT3V0Y29tZVJlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhIKCmR1cGxpY2F0ZXMYAiABKAUidAoRR2V0UmVzdWx0c1JlcXVlc3QSHgoNZXhwZXJpbWVudF9pZBgBIAEoCUIHukgEcgIQARIXCgZtZXRyaWMYAiABKAlCB7pIBHICGEASJgoFYWxwaGEYAyABKAFCF7pIFBISEQAAAAAAAOA/KQAAAAAAAAAAItsCCg1WYXJpYW50UmVzdWx0Eg8KB3ZhcmlhbnQYASABKAkSEQoJZXhwb3N1cmVzGAIgASgDEg0KBXVzZXJzGAMgASgDEhMKC2NvbnZlcnNpb25zGAQgASgDEhcKD2NvbnZlcnNpb25fcmF0ZRgFIAEoARIeChZjb252ZXJzaW9uX3JhdGVfY2lfbG93GAYgASgBEh8KF2NvbnZlcnNpb25fcmF0ZV9jaV9oaWdoGAcgASgBEgwKBG1lYW4YCCABKAESEwoLbWVhbl9jaV9sb3cYCSABKAESFAoMbWVhbl9jaV9oaWdoGAogASgBEgwKBGxpZnQYCyABKAESGgoScF92YWx1ZV9wcm9wb3J0aW9uGAwgASgBEhQKDHBfdmFsdWVfbWVhbhgNIAEoARIaChJwX3ZhbHVlX3NlcXVlbnRpYWwYDiABKAESEwoLc2lnbmlmaWNhbnQYDyABKAgiSQoQU2FtcGxlUmF0aW9DaGVjaxISCgpjaGlfc3F1YXJlGAEgASgBEg8KB3BfdmFsdWUYAiABKAESEAoIbWlzbWF0Y2gYAyABKAgisAEKEkdldFJlc3VsdHNSZXNwb25zZRIVCg1leHBlcmltZW50X2lkGAEgASgJEg4KBm1ldHJpYxgCIAEoCRI1Cgh2YXJpYW50cxgDIAMoCzIjLnJlY3N5cy5leHBlcmltZW50LnYxLlZhcmlhbnRSZXN1bHQSPAoMc2FtcGxlX3JhdGlvGAQgASgLMiYucmVjc3lzLmV4cGVyaW1lbnQudjEuU2FtcGxlUmF0aW9DaGVjayqQAQoQRXhwZXJpbWVudFN0YXR1cxIhCh1FWFBFUklNRU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0VYUEVSSU1FTlRfU1RBVFVTX0RSQUZUEAESHQoZRVhQRVJJTUVOVF9TVEFUVVNfUlVOTklORxACEh0KGUVYUEVSSU1FTlRfU1RBVFVTX1NUT1BQRUQQAzL5BQoRRXhwZXJpbWVudFNlcnZpY2USUwoGQXNzaWduEiMucmVjc3lzLmV4cGVyaW1lbnQudjEuQXNzaWduUmVxdWVzdBokLnJlY3N5cy5leHBlcmltZW50LnYxLkFzc2lnblJlc3BvbnNlEnEKEENyZWF0ZUV4cGVyaW1lbnQSLS5yZWNzeXMuZXhwZXJpbWVudC52MS5DcmVhdGVFeHBlcmltZW50UmVxdWVzdBouLnJlY3N5cy5leHBlcmltZW50LnYxLkNyZWF0ZUV4cGVyaW1lbnRSZXNwb25zZRJxChBVcGRhdGVFeHBlcmltZW50Ei0ucmVjc3lzLmV4cGVyaW1lbnQudjEuVXBkYXRlRXhwZXJpbWVudFJlcXVlc3QaLi5yZWNzeXMuZXhwZXJpbWVudC52MS5VcGRhdGVFeHBlcmltZW50UmVzcG9uc2USbgoPTGlzdEV4cGVyaW1lbnRzEiwucmVjc3lzLmV4cGVyaW1lbnQudjEuTGlzdEV4cGVyaW1lbnRzUmVxdWVzdBotLnJlY3N5cy5leHBlcmltZW50LnYxLkxpc3RFeHBlcmltZW50c1Jlc3BvbnNlEm4KD1JlY29yZEV4cG9zdXJlcxIsLnJlY3N5cy5leHBlcmltZW50LnYxLlJlY29yZEV4cG9zdXJlc1JlcXVlc3QaLS5yZWNzeXMuZXhwZXJpbWVudC52MS5SZWNvcmRFeHBvc3VyZXNSZXNwb25zZRJoCg1SZWNvcmRPdXRjb21lEioucmVjc3lzLmV4cGVyaW1lbnQudjEuUmVjb3JkT3V0Y29tZVJlcXVlc3QaKy5yZWNzeXMuZXhwZXJpbWVudC52MS5SZWNvcmRPdXRjb21lUmVzcG9uc2USXwoKR2V0UmVzdWx0cxInLnJlY3N5cy5leHBlcmltZW50LnYxLkdldFJlc3VsdHNSZXF1ZXN0GigucmVjc3lzLmV4cGVyaW1lbnQudjEuR2V0UmVzdWx0c1Jlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_recsys_common_v1_common]);
+  fileDesc("CiVyZWNzeXMvZXhwZXJpbWVudC92MS9leHBlcmltZW50LnByb3RvEhRyZWNzeXMuZXhwZXJpbWVudC52MSLTAgoNVmFyaWFudENvbmZpZxIeCg1tb2RlbF92ZXJzaW9uGAEgASgJQge6SARyAhhAEnAKEGVuc2VtYmxlX3dlaWdodHMYAiADKAsyOC5yZWNzeXMuZXhwZXJpbWVudC52MS5WYXJpYW50Q29uZmlnLkVuc2VtYmxlV2VpZ2h0c0VudHJ5Qhy6SBmaARYqFBISGQAAAAAAQI9AKQAAAAAAAAAAEkkKBnBhcmFtcxgDIAMoCzIvLnJlY3N5cy5leHBlcmltZW50LnYxLlZhcmlhbnRDb25maWcuUGFyYW1zRW50cnlCCLpIBZoBAhBAGjYKFEVuc2VtYmxlV2VpZ2h0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAToCOAEaLQoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIpCgtCdWNrZXRSYW5nZRINCgVzdGFydBgBIAEoBRILCgNlbmQYAiABKAUizQEKB1ZhcmlhbnQSLAoEbmFtZRgBIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2M30kEisKCmFsbG9jYXRpb24YAiABKAFCF7pIFBISGQAAAAAAAPA/KQAAAAAAAAAAEjMKBmNvbmZpZxgDIAEoCzIjLnJlY3N5cy5leHBlcmltZW50LnYxLlZhcmlhbnRDb25maWcSMgoHYnVja2V0cxgEIAMoCzIhLnJlY3N5cy5leHBlcmltZW50LnYxLkJ1Y2tldFJhbmdlIsIBCglUYXJnZXRpbmcSOAoHZGV2aWNlcxgBIAMoDjIYLnJlY3N5cy5jb21tb24udjEuRGV2aWNlQg26SAqSAQciBYIBAhABEjwKCXBsYXRmb3JtcxgCIAMoDjIaLnJlY3N5cy5jb21tb24udjEuUGxhdGZvcm1CDbpICpIBByIFggECEAESPQoJbG9jYXRpb25zGAMgAygJQiq6SCeSASQQgAIiH3IdMhteW0EtWl17Mn0oLVtBLVowLTldezEsM30pPyQi2QQKCkV4cGVyaW1lbnQSKgoCaWQYASABKAlCHrpIG3IZMhdeW2Etel1bYS16MC05Xy1dezAsNjN9JBItCgVsYXllchgCIAEoCUIeukgbchkyF15bYS16XVthLXowLTlfLV17MCw2M30kEh0KC2Rlc2NyaXB0aW9uGAMgASgJQgi6SAVyAxiACBI7Cgh2YXJpYW50cxgEIAMoCzIdLnJlY3N5cy5leHBlcmltZW50LnYxLlZhcmlhbnRCCrpIB5IBBAgBEBQSMgoJdGFyZ2V0aW5nGAUgASgLMh8ucmVjc3lzLmV4cGVyaW1lbnQudjEuVGFyZ2V0aW5nEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJCCgZzdGF0dXMYCCABKA4yJi5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50U3RhdHVzQgq6SAeCAQQQASAAEhUKBHNlZWQYCSABKAlCB7pIBHICGEASLAoLbGF5ZXJfc2hhcmUYCiABKAFCF7pIFBISGQAAAAAAAPA/KQAAAAAAAAAAEi0KDGxheWVyX29mZnNldBgLIAEoAUIXukgUEhIRAAAAAAAA8D8pAAAAAAAAAAASEAoIcmV2aXNpb24YDCABKAMSOAoOcHJpbWFyeV9tZXRyaWMYDSABKAlCILpIHXIbMhleKFthLXpdW2EtejAtOV9dezAsNjN9KT8kIogBCgpBc3NpZ25tZW50EhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDQoFbGF5ZXIYAiABKAkSDwoHdmFyaWFudBgDIAEoCRIzCgZjb25maWcYBCABKAsyIy5yZWNzeXMuZXhwZXJpbWVudC52MS5WYXJpYW50Q29uZmlnEg4KBmZvcmNlZBgFIAEoCCLyAQoNQXNzaWduUmVxdWVzdBIbCgd1c2VyX2lkGAEgASgJQgq6SAdyBRABGIABEjEKB2NvbnRleHQYAiABKAsyIC5yZWNzeXMuY29tbW9uLnYxLlJlcXVlc3RDb250ZXh0EloKD2ZvcmNlZF92YXJpYW50cxgDIAMoCzI3LnJlY3N5cy5leHBlcmltZW50LnYxLkFzc2lnblJlcXVlc3QuRm9yY2VkVmFyaWFudHNFbnRyeUIIukgFmgECECAaNQoTRm9yY2VkVmFyaWFudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlgKDkFzc2lnblJlc3BvbnNlEjUKC2Fzc2lnbm1lbnRzGAEgAygLMiAucmVjc3lzLmV4cGVyaW1lbnQudjEuQXNzaWdubWVudBIPCgdob2xkb3V0GAIgASgIIlcKF0NyZWF0ZUV4cGVyaW1lbnRSZXF1ZXN0EjwKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50Qga6SAPIAQEiUAoYQ3JlYXRlRXhwZXJpbWVudFJlc3BvbnNlEjQKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50IlcKF1VwZGF0ZUV4cGVyaW1lbnRSZXF1ZXN0EjwKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50Qga6SAPIAQEiUAoYVXBkYXRlRXhwZXJpbWVudFJlc3BvbnNlEjQKCmV4cGVyaW1lbnQYASABKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50InIKFkxpc3RFeHBlcmltZW50c1JlcXVlc3QSFgoFbGF5ZXIYASABKAlCB7pIBHICGEASQAoGc3RhdHVzGAIgASgOMiYucmVjc3lzLmV4cGVyaW1lbnQudjEuRXhwZXJpbWVudFN0YXR1c0IIukgFggECEAEiUAoXTGlzdEV4cGVyaW1lbnRzUmVzcG9uc2USNQoLZXhwZXJpbWVudHMYASADKAsyIC5yZWNzeXMuZXhwZXJpbWVudC52MS5FeHBlcmltZW50IrEBCghFeHBvc3VyZRIfCgtleHBvc3VyZV9pZBgBIAEoCUIKukgHcgUQARiAARIeCg1leHBlcmltZW50X2lkGAIgASgJQge6SARyAhABEhgKB3ZhcmlhbnQYAyABKAlCB7pIBHICEAESGwoHdXNlcl9pZBgEIAEoCUIKukgHcgUQARiAARItCgl0aW1lc3RhbXAYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlgKFlJlY29yZEV4cG9zdXJlc1JlcXVlc3QSPgoJZXhwb3N1cmVzGAEgAygLMh4ucmVjc3lzLmV4cGVyaW1lbnQudjEuRXhwb3N1cmVCC7pICJIBBQgBEJBOIj8KF1JlY29yZEV4cG9zdXJlc1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhIKCmR1cGxpY2F0ZXMYAiABKAUi3AEKB091dGNvbWUSHgoKb3V0Y29tZV9pZBgBIAEoCUIKukgHcgUQARiAARIeCg1leHBlcmltZW50X2lkGAIgASgJQge6SARyAhABEhsKB3VzZXJfaWQYAyABKAlCCrpIB3IFEAEYgAESLQoGbWV0cmljGAQgASgJQh26SBpyGDIWXlthLXpdW2EtejAtOV9dezAsNjN9JBIWCgV2YWx1ZRgFIAEoAUIHukgEEgJAARItCgl0aW1lc3RhbXAYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlQKFFJlY29yZE91dGNvbWVSZXF1ZXN0EjwKCG91dGNvbWVzGAEgAygLMh0ucmVjc3lzLmV4cGVyaW1lbnQudjEuT3V0Y29tZUILukgIkgEFCAEQkE4iPQoVUmVjb3JkT3V0Y29tZVJlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhIKCmR1cGxpY2F0ZXMYAiABKAUijQEKEUdldFJlc3VsdHNSZXF1ZXN0Eh4KDWV4cGVyaW1lbnRfaWQYASABKAlCB7pIBHICEAESMAoGbWV0cmljGAIgASgJQiC6SB1yGzIZXihbYS16XVthLXowLTlfXXswLDYzfSk/JBImCgVhbHBoYRgDIAEoAUIXukgUEhIRAAAAAAAA4D8pAAAAAAAAAAAi2wIKDVZhcmlhbnRSZXN1bHQSDwoHdmFyaWFudBgBIAEoCRIRCglleHBvc3VyZXMYAiABKAMSDQoFdXNlcnMYAyABKAMSEwoLY29udmVyc2lvbnMYBCABKAMSFwoPY29udmVyc2lvbl9yYXRlGAUgASgBEh4KFmNvbnZlcnNpb25fcmF0ZV9jaV9sb3cYBiABKAESHwoXY29udmVyc2lvbl9yYXRlX2NpX2hpZ2gYByABKAESDAoEbWVhbhgIIAEoARITCgttZWFuX2NpX2xvdxgJIAEoARIUCgxtZWFuX2NpX2hpZ2gYCiABKAESDAoEbGlmdBgLIAEoARIaChJwX3ZhbHVlX3Byb3BvcnRpb24YDCABKAESFAoMcF92YWx1ZV9tZWFuGA0gASgBEhoKEnBfdmFsdWVfc2VxdWVudGlhbBgOIAEoARITCgtzaWduaWZpY2FudBgPIAEoCCJJChBTYW1wbGVSYXRpb0NoZWNrEhIKCmNoaV9zcXVhcmUYASABKAESDwoHcF92YWx1ZRgCIAEoARIQCghtaXNtYXRjaBgDIAEoCCKwAQoSR2V0UmVzdWx0c1Jlc3BvbnNlEhUKDWV4cGVyaW1lbnRfaWQYASABKAkSDgoGbWV0cmljGAIgASgJEjUKCHZhcmlhbnRzGAMgAygLMiMucmVjc3lzLmV4cGVyaW1lbnQudjEuVmFyaWFudFJlc3VsdBI8CgxzYW1wbGVfcmF0aW8YBCABKAsyJi5yZWNzeXMuZXhwZXJpbWVudC52MS5TYW1wbGVSYXRpb0NoZWNrKpABChBFeHBlcmltZW50U3RhdHVzEiEKHUVYUEVSSU1FTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXRVhQRVJJTUVOVF9TVEFUVVNfRFJBRlQQARIdChlFWFBFUklNRU5UX1NUQVRVU19SVU5OSU5HEAISHQoZRVhQRVJJTUVOVF9TVEFUVVNfU1RPUFBFRBADMvkFChFFeHBlcmltZW50U2VydmljZRJTCgZBc3NpZ24SIy5yZWNzeXMuZXhwZXJpbWVudC52MS5Bc3NpZ25SZXF1ZXN0GiQucmVjc3lzLmV4cGVyaW1lbnQudjEuQXNzaWduUmVzcG9uc2UScQoQQ3JlYXRlRXhwZXJpbWVudBItLnJlY3N5cy5leHBlcmltZW50LnYxLkNyZWF0ZUV4cGVyaW1lbnRSZXF1ZXN0Gi4ucmVjc3lzLmV4cGVyaW1lbnQudjEuQ3JlYXRlRXhwZXJpbWVudFJlc3BvbnNlEnEKEFVwZGF0ZUV4cGVyaW1lbnQSLS5yZWNzeXMuZXhwZXJpbWVudC52MS5VcGRhdGVFeHBlcmltZW50UmVxdWVzdBouLnJlY3N5cy5leHBlcmltZW50LnYxLlVwZGF0ZUV4cGVyaW1lbnRSZXNwb25zZRJuCg9MaXN0RXhwZXJpbWVudHMSLC5yZWNzeXMuZXhwZXJpbWVudC52MS5MaXN0RXhwZXJpbWVudHNSZXF1ZXN0Gi0ucmVjc3lzLmV4cGVyaW1lbnQudjEuTGlzdEV4cGVyaW1lbnRzUmVzcG9uc2USbgoPUmVjb3JkRXhwb3N1cmVzEiwucmVjc3lzLmV4cGVyaW1lbnQudjEuUmVjb3JkRXhwb3N1cmVzUmVxdWVzdBotLnJlY3N5cy5leHBlcmltZW50LnYxLlJlY29yZEV4cG9zdXJlc1Jlc3BvbnNlEmgKDVJlY29yZE91dGNvbWUSKi5yZWNzeXMuZXhwZXJpbWVudC52MS5SZWNvcmRPdXRjb21lUmVxdWVzdBorLnJlY3N5cy5leHBlcmltZW50LnYxLlJlY29yZE91dGNvbWVSZXNwb25zZRJfCgpHZXRSZXN1bHRzEicucmVjc3lzLmV4cGVyaW1lbnQudjEuR2V0UmVzdWx0c1JlcXVlc3QaKC5yZWNzeXMuZXhwZXJpbWVudC52MS5HZXRSZXN1bHRzUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_recsys_common_v1_common]);
 
 /**
  * What a variant changes; read by the prediction service.
@@ -53,6 +53,34 @@ export const VariantConfigSchema: GenMessage<VariantConfig> = /*@__PURE__*/
   messageDesc(file_recsys_experiment_v1_experiment, 0);
 
 /**
+ * A half-open range [start, end) of an experiment's 10,000 variant buckets.
+ *
+ * @generated from message recsys.experiment.v1.BucketRange
+ */
+export type BucketRange = Message<"recsys.experiment.v1.BucketRange"> & {
+  /**
+   * First bucket, in [0, 10000).
+   *
+   * @generated from field: int32 start = 1;
+   */
+  start: number;
+
+  /**
+   * One past the last bucket, in (start, 10000].
+   *
+   * @generated from field: int32 end = 2;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message recsys.experiment.v1.BucketRange.
+ * Use `create(BucketRangeSchema)` to create a new message.
+ */
+export const BucketRangeSchema: GenMessage<BucketRange> = /*@__PURE__*/
+  messageDesc(file_recsys_experiment_v1_experiment, 1);
+
+/**
  * A variant and its traffic share.
  *
  * @generated from message recsys.experiment.v1.Variant
@@ -66,7 +94,8 @@ export type Variant = Message<"recsys.experiment.v1.Variant"> & {
   name: string;
 
   /**
-   * Share of the layer's traffic in [0, 1].
+   * Share of the experiment's users (those in its layer range) in [0, 1], in steps
+   * of 1/10,000 (rounded).
    *
    * @generated from field: double allocation = 2;
    */
@@ -78,6 +107,15 @@ export type Variant = Message<"recsys.experiment.v1.Variant"> & {
    * @generated from field: recsys.experiment.v1.VariantConfig config = 3;
    */
   config?: VariantConfig | undefined;
+
+  /**
+   * Buckets this variant owns, set by the server from the allocation (ignored on
+   * input). Growing an allocation adds free buckets and keeps the old ones, so users
+   * already in any variant stay there; the unallocated rest assigns nobody.
+   *
+   * @generated from field: repeated recsys.experiment.v1.BucketRange buckets = 4;
+   */
+  buckets: BucketRange[];
 };
 
 /**
@@ -85,7 +123,7 @@ export type Variant = Message<"recsys.experiment.v1.Variant"> & {
  * Use `create(VariantSchema)` to create a new message.
  */
 export const VariantSchema: GenMessage<Variant> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 1);
+  messageDesc(file_recsys_experiment_v1_experiment, 2);
 
 /**
  * Who may enter an experiment.
@@ -108,7 +146,8 @@ export type Targeting = Message<"recsys.experiment.v1.Targeting"> & {
   platforms: Platform[];
 
   /**
-   * Only these location prefixes ("US", "US-CA"); empty: any.
+   * Only these locations ("US" matches "US" and "US-CA"; "US-CA" only itself);
+   * empty: any.
    *
    * @generated from field: repeated string locations = 3;
    */
@@ -120,7 +159,7 @@ export type Targeting = Message<"recsys.experiment.v1.Targeting"> & {
  * Use `create(TargetingSchema)` to create a new message.
  */
 export const TargetingSchema: GenMessage<Targeting> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 2);
+  messageDesc(file_recsys_experiment_v1_experiment, 3);
 
 /**
  * An experiment definition.
@@ -193,7 +232,8 @@ export type Experiment = Message<"recsys.experiment.v1.Experiment"> & {
 
   /**
    * Share of the layer's buckets this experiment owns in [0, 1], from
-   * bucket_offset; users outside it are not in the experiment.
+   * layer_offset; users outside it are not in the experiment. 0 means the rest of
+   * the layer from layer_offset. Non-stopped experiments of a layer never overlap.
    *
    * @generated from field: double layer_share = 10;
    */
@@ -226,7 +266,7 @@ export type Experiment = Message<"recsys.experiment.v1.Experiment"> & {
  * Use `create(ExperimentSchema)` to create a new message.
  */
 export const ExperimentSchema: GenMessage<Experiment> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 3);
+  messageDesc(file_recsys_experiment_v1_experiment, 4);
 
 /**
  * A user's assignment to one experiment.
@@ -275,7 +315,7 @@ export type Assignment = Message<"recsys.experiment.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 4);
+  messageDesc(file_recsys_experiment_v1_experiment, 5);
 
 /**
  * An assignment request.
@@ -291,14 +331,17 @@ export type AssignRequest = Message<"recsys.experiment.v1.AssignRequest"> & {
   userId: string;
 
   /**
-   * Context for targeting.
+   * Context for targeting. Start and end times use the server's clock, not
+   * context.timestamp.
    *
    * @generated from field: recsys.common.v1.RequestContext context = 2;
    */
   context?: RequestContext | undefined;
 
   /**
-   * QA overrides: experiment id -> variant name.
+   * QA overrides: experiment id -> variant name. Applies to draft and running
+   * experiments, ignoring targeting, time and holdout, and replaces any other
+   * assignment in that layer. Forced assignments should not be recorded as exposures.
    *
    * @generated from field: map<string, string> forced_variants = 3;
    */
@@ -310,7 +353,7 @@ export type AssignRequest = Message<"recsys.experiment.v1.AssignRequest"> & {
  * Use `create(AssignRequestSchema)` to create a new message.
  */
 export const AssignRequestSchema: GenMessage<AssignRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 5);
+  messageDesc(file_recsys_experiment_v1_experiment, 6);
 
 /**
  * Every active assignment.
@@ -338,7 +381,7 @@ export type AssignResponse = Message<"recsys.experiment.v1.AssignResponse"> & {
  * Use `create(AssignResponseSchema)` to create a new message.
  */
 export const AssignResponseSchema: GenMessage<AssignResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 6);
+  messageDesc(file_recsys_experiment_v1_experiment, 7);
 
 /**
  * Create request.
@@ -359,7 +402,7 @@ export type CreateExperimentRequest = Message<"recsys.experiment.v1.CreateExperi
  * Use `create(CreateExperimentRequestSchema)` to create a new message.
  */
 export const CreateExperimentRequestSchema: GenMessage<CreateExperimentRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 7);
+  messageDesc(file_recsys_experiment_v1_experiment, 8);
 
 /**
  * Create response.
@@ -380,7 +423,7 @@ export type CreateExperimentResponse = Message<"recsys.experiment.v1.CreateExper
  * Use `create(CreateExperimentResponseSchema)` to create a new message.
  */
 export const CreateExperimentResponseSchema: GenMessage<CreateExperimentResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 8);
+  messageDesc(file_recsys_experiment_v1_experiment, 9);
 
 /**
  * Update request.
@@ -401,7 +444,7 @@ export type UpdateExperimentRequest = Message<"recsys.experiment.v1.UpdateExperi
  * Use `create(UpdateExperimentRequestSchema)` to create a new message.
  */
 export const UpdateExperimentRequestSchema: GenMessage<UpdateExperimentRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 9);
+  messageDesc(file_recsys_experiment_v1_experiment, 10);
 
 /**
  * Update response.
@@ -422,7 +465,7 @@ export type UpdateExperimentResponse = Message<"recsys.experiment.v1.UpdateExper
  * Use `create(UpdateExperimentResponseSchema)` to create a new message.
  */
 export const UpdateExperimentResponseSchema: GenMessage<UpdateExperimentResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 10);
+  messageDesc(file_recsys_experiment_v1_experiment, 11);
 
 /**
  * List request.
@@ -450,7 +493,7 @@ export type ListExperimentsRequest = Message<"recsys.experiment.v1.ListExperimen
  * Use `create(ListExperimentsRequestSchema)` to create a new message.
  */
 export const ListExperimentsRequestSchema: GenMessage<ListExperimentsRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 11);
+  messageDesc(file_recsys_experiment_v1_experiment, 12);
 
 /**
  * List response.
@@ -471,7 +514,7 @@ export type ListExperimentsResponse = Message<"recsys.experiment.v1.ListExperime
  * Use `create(ListExperimentsResponseSchema)` to create a new message.
  */
 export const ListExperimentsResponseSchema: GenMessage<ListExperimentsResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 12);
+  messageDesc(file_recsys_experiment_v1_experiment, 13);
 
 /**
  * A user saw a variant.
@@ -480,7 +523,7 @@ export const ListExperimentsResponseSchema: GenMessage<ListExperimentsResponse> 
  */
 export type Exposure = Message<"recsys.experiment.v1.Exposure"> & {
   /**
-   * Unique id for deduplication.
+   * Unique id for deduplication within the experiment.
    *
    * @generated from field: string exposure_id = 1;
    */
@@ -494,7 +537,8 @@ export type Exposure = Message<"recsys.experiment.v1.Exposure"> & {
   experimentId: string;
 
   /**
-   * Variant shown.
+   * Variant shown. A user belongs to the variant of their first exposure; later
+   * exposures count as exposure events of the variant they name.
    *
    * @generated from field: string variant = 3;
    */
@@ -520,7 +564,7 @@ export type Exposure = Message<"recsys.experiment.v1.Exposure"> & {
  * Use `create(ExposureSchema)` to create a new message.
  */
 export const ExposureSchema: GenMessage<Exposure> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 13);
+  messageDesc(file_recsys_experiment_v1_experiment, 14);
 
 /**
  * Exposures to record.
@@ -529,7 +573,8 @@ export const ExposureSchema: GenMessage<Exposure> = /*@__PURE__*/
  */
 export type RecordExposuresRequest = Message<"recsys.experiment.v1.RecordExposuresRequest"> & {
   /**
-   * Exposures, all or none.
+   * Exposures, all or none: a refused request (unknown experiment or variant)
+   * records nothing.
    *
    * @generated from field: repeated recsys.experiment.v1.Exposure exposures = 1;
    */
@@ -541,7 +586,7 @@ export type RecordExposuresRequest = Message<"recsys.experiment.v1.RecordExposur
  * Use `create(RecordExposuresRequestSchema)` to create a new message.
  */
 export const RecordExposuresRequestSchema: GenMessage<RecordExposuresRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 14);
+  messageDesc(file_recsys_experiment_v1_experiment, 15);
 
 /**
  * Result.
@@ -569,7 +614,7 @@ export type RecordExposuresResponse = Message<"recsys.experiment.v1.RecordExposu
  * Use `create(RecordExposuresResponseSchema)` to create a new message.
  */
 export const RecordExposuresResponseSchema: GenMessage<RecordExposuresResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 15);
+  messageDesc(file_recsys_experiment_v1_experiment, 16);
 
 /**
  * A measured outcome of a user.
@@ -578,7 +623,7 @@ export const RecordExposuresResponseSchema: GenMessage<RecordExposuresResponse> 
  */
 export type Outcome = Message<"recsys.experiment.v1.Outcome"> & {
   /**
-   * Unique id for deduplication.
+   * Unique id for deduplication within the experiment.
    *
    * @generated from field: string outcome_id = 1;
    */
@@ -592,7 +637,9 @@ export type Outcome = Message<"recsys.experiment.v1.Outcome"> & {
   experimentId: string;
 
   /**
-   * The user; attributed to the variant the user was exposed to.
+   * The user; attributed to the variant of the user's first exposure. An outcome of a
+   * user never exposed to the experiment is refused with FAILED_PRECONDITION
+   * (record the exposure first).
    *
    * @generated from field: string user_id = 3;
    */
@@ -625,7 +672,7 @@ export type Outcome = Message<"recsys.experiment.v1.Outcome"> & {
  * Use `create(OutcomeSchema)` to create a new message.
  */
 export const OutcomeSchema: GenMessage<Outcome> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 16);
+  messageDesc(file_recsys_experiment_v1_experiment, 17);
 
 /**
  * Outcomes to record.
@@ -634,7 +681,8 @@ export const OutcomeSchema: GenMessage<Outcome> = /*@__PURE__*/
  */
 export type RecordOutcomeRequest = Message<"recsys.experiment.v1.RecordOutcomeRequest"> & {
   /**
-   * Outcomes, all or none.
+   * Outcomes, all or none: a refused request (unknown experiment, user never
+   * exposed) records nothing.
    *
    * @generated from field: repeated recsys.experiment.v1.Outcome outcomes = 1;
    */
@@ -646,7 +694,7 @@ export type RecordOutcomeRequest = Message<"recsys.experiment.v1.RecordOutcomeRe
  * Use `create(RecordOutcomeRequestSchema)` to create a new message.
  */
 export const RecordOutcomeRequestSchema: GenMessage<RecordOutcomeRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 17);
+  messageDesc(file_recsys_experiment_v1_experiment, 18);
 
 /**
  * Result.
@@ -674,7 +722,7 @@ export type RecordOutcomeResponse = Message<"recsys.experiment.v1.RecordOutcomeR
  * Use `create(RecordOutcomeResponseSchema)` to create a new message.
  */
 export const RecordOutcomeResponseSchema: GenMessage<RecordOutcomeResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 18);
+  messageDesc(file_recsys_experiment_v1_experiment, 19);
 
 /**
  * Results request.
@@ -709,7 +757,7 @@ export type GetResultsRequest = Message<"recsys.experiment.v1.GetResultsRequest"
  * Use `create(GetResultsRequestSchema)` to create a new message.
  */
 export const GetResultsRequestSchema: GenMessage<GetResultsRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 19);
+  messageDesc(file_recsys_experiment_v1_experiment, 20);
 
 /**
  * Results of one variant.
@@ -753,63 +801,71 @@ export type VariantResult = Message<"recsys.experiment.v1.VariantResult"> & {
   conversionRate: number;
 
   /**
-   * Confidence interval of the conversion rate.
+   * Lower bound of the Wilson score interval of the conversion rate (1 - alpha).
    *
    * @generated from field: double conversion_rate_ci_low = 6;
    */
   conversionRateCiLow: number;
 
   /**
-   * Confidence interval of the conversion rate.
+   * Upper bound of the Wilson score interval of the conversion rate (1 - alpha).
    *
    * @generated from field: double conversion_rate_ci_high = 7;
    */
   conversionRateCiHigh: number;
 
   /**
-   * Mean metric value per user.
+   * Mean metric value per exposed user (the sum of the user's outcome values; 0
+   * without outcomes).
    *
    * @generated from field: double mean = 8;
    */
   mean: number;
 
   /**
-   * Confidence interval of the mean.
+   * Lower bound of the Student-t interval of the mean (1 - alpha); -Infinity below
+   * 2 users.
    *
    * @generated from field: double mean_ci_low = 9;
    */
   meanCiLow: number;
 
   /**
-   * Confidence interval of the mean.
+   * Upper bound of the Student-t interval of the mean (1 - alpha); +Infinity below
+   * 2 users.
    *
    * @generated from field: double mean_ci_high = 10;
    */
   meanCiHigh: number;
 
   /**
-   * Relative lift of the conversion rate over the control.
+   * Relative lift of the conversion rate over the control; NaN when the control's
+   * rate is 0.
    *
    * @generated from field: double lift = 11;
    */
   lift: number;
 
   /**
-   * Two-proportion z-test p-value against the control.
+   * Two-proportion z-test p-value against the control (two-sided, pooled); 1 when
+   * undefined (no users).
    *
    * @generated from field: double p_value_proportion = 12;
    */
   pValueProportion: number;
 
   /**
-   * Welch's t-test p-value of the mean against the control.
+   * Welch's t-test p-value of the mean against the control (two-sided); 1 when
+   * undefined (fewer than 2 users in a variant).
    *
    * @generated from field: double p_value_mean = 13;
    */
   pValueMean: number;
 
   /**
-   * Anytime-valid p-value (mixture sequential probability ratio test).
+   * Anytime-valid p-value of the difference of the mean against the control
+   * (mixture sequential probability ratio test with a normal mixture, Johari et al.):
+   * valid however often results are looked at.
    *
    * @generated from field: double p_value_sequential = 14;
    */
@@ -828,7 +884,7 @@ export type VariantResult = Message<"recsys.experiment.v1.VariantResult"> & {
  * Use `create(VariantResultSchema)` to create a new message.
  */
 export const VariantResultSchema: GenMessage<VariantResult> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 20);
+  messageDesc(file_recsys_experiment_v1_experiment, 21);
 
 /**
  * Sample-ratio-mismatch check.
@@ -837,7 +893,8 @@ export const VariantResultSchema: GenMessage<VariantResult> = /*@__PURE__*/
  */
 export type SampleRatioCheck = Message<"recsys.experiment.v1.SampleRatioCheck"> & {
   /**
-   * Chi-square statistic of observed vs expected users.
+   * Chi-square statistic of observed users vs users expected from the allocations,
+   * with (variants with a non-zero allocation - 1) degrees of freedom.
    *
    * @generated from field: double chi_square = 1;
    */
@@ -863,7 +920,7 @@ export type SampleRatioCheck = Message<"recsys.experiment.v1.SampleRatioCheck"> 
  * Use `create(SampleRatioCheckSchema)` to create a new message.
  */
 export const SampleRatioCheckSchema: GenMessage<SampleRatioCheck> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 21);
+  messageDesc(file_recsys_experiment_v1_experiment, 22);
 
 /**
  * Results of an experiment.
@@ -905,7 +962,7 @@ export type GetResultsResponse = Message<"recsys.experiment.v1.GetResultsRespons
  * Use `create(GetResultsResponseSchema)` to create a new message.
  */
 export const GetResultsResponseSchema: GenMessage<GetResultsResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_experiment_v1_experiment, 22);
+  messageDesc(file_recsys_experiment_v1_experiment, 23);
 
 /**
  * Lifecycle of an experiment.
@@ -949,7 +1006,7 @@ export const ExperimentStatusSchema: GenEnum<ExperimentStatus> = /*@__PURE__*/
 /**
  * ExperimentService runs A/B tests: deterministic sticky assignment in mutually
  * exclusive layers, exposure and outcome tracking, and per-variant results with
- * statistics. Create/Update/List/Get require the admin token
+ * statistics. Create/Update/List require the admin token
  * ("authorization: Bearer <token>").
  *
  * @generated from service recsys.experiment.v1.ExperimentService
@@ -976,8 +1033,9 @@ export const ExperimentService: GenService<{
     output: typeof CreateExperimentResponseSchema;
   },
   /**
-   * Replaces an experiment's definition (admin); allocations may only grow so users
-   * stay where they are.
+   * Replaces an experiment's definition (admin). While it runs, allocations and its
+   * layer share may only grow, and layer, offset, seed and variants stay, so users
+   * stay where they are; a stopped experiment stays stopped.
    *
    * @generated from rpc recsys.experiment.v1.ExperimentService.UpdateExperiment
    */
@@ -997,7 +1055,8 @@ export const ExperimentService: GenService<{
     output: typeof ListExperimentsResponseSchema;
   },
   /**
-   * Records exposures: a user saw a variant. Deduplicated by exposure_id.
+   * Records exposures: a user saw a variant. Deduplicated by exposure_id within the
+   * experiment, so a retry after any failure is safe.
    *
    * @generated from rpc recsys.experiment.v1.ExperimentService.RecordExposures
    */
@@ -1007,7 +1066,8 @@ export const ExperimentService: GenService<{
     output: typeof RecordExposuresResponseSchema;
   },
   /**
-   * Records outcomes (click, conversion, any metric value). Deduplicated by outcome_id.
+   * Records outcomes (click, conversion, any metric value). Deduplicated by
+   * outcome_id within the experiment, so a retry after any failure is safe.
    *
    * @generated from rpc recsys.experiment.v1.ExperimentService.RecordOutcome
    */

@@ -125,7 +125,8 @@ export type SearchRequest = Message<"recsys.retrieval.v1.SearchRequest"> & {
   filter?: Filter | undefined;
 
   /**
-   * HNSW search breadth; 0 uses the index default. Raised to k when lower.
+   * HNSW search breadth; 0 uses the index default. Raised to k when lower,
+   * capped at the server's maximum.
    *
    * @generated from field: int32 ef = 6;
    */
@@ -160,7 +161,10 @@ export type Candidate = Message<"recsys.retrieval.v1.Candidate"> & {
   itemId: string;
 
   /**
-   * Best score over its sources (inner-product similarity for ANN).
+   * Search: the inner-product similarity to the query. GetCandidates: the
+   * reciprocal rank fusion of its sources (sum of 1 / (60 + rank)), since the
+   * sources' own scores are on different scales; those are in sources.
+   * GetPopular: the list's score.
    *
    * @generated from field: float score = 2;
    */

@@ -1,0 +1,125 @@
+// The in-process assigner: the prediction service runs assignment on a cached copy of
+// the definitions instead of calling Assign on every request. It answers exactly as the
+// Assign RPC (same pure assign()), reloads on every change announced on pub/sub, and
+// checks the change counter periodically in case a notice was missed.
+import type { Redis } from "ioredis";
+import { Counter, Gauge } from "prom-client";
+import type { Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
+import { createLogger, registry, type Logger } from "../kit/index.js";
+import { assign, compile, type AssignContext, type AssignResult, type CompiledDefinitions, type HoldoutSettings } from "./assignment.js";
+import { CHANGES_CHANNEL, ExperimentStore, closeRedis, connectRedis } from "./store.js";
+
+export interface AssignerOptions {
+  redisUrl: string;
+  /** Global holdout in percent; must match the experiment service's HOLDOUT_PERCENT. */
+  holdoutPercent?: number;
+  /** Must match the experiment service's HOLDOUT_SALT. */
+  holdoutSalt?: string;
+  /** Safety-net reload period (EXPERIMENTS_REFRESH_MS). */
+  refreshMs?: number;
+  commandTimeoutMs?: number;
+  log?: Logger;
+}
+
+export interface Assigner {
+  /** Every active assignment of the user, as the Assign RPC answers it. */
+  assign(userId: string, context?: AssignContext, forced?: Record<string, string>): AssignResult;
+  /** A loaded definition. */
+  experiment(id: string): Experiment | undefined;
+  /** Version (change counter) of the loaded definitions. */
+  version(): number;
+  /** Reloads now; concurrent calls share one reload and a call during a reload gets a fresh one after it. */
+  refresh(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const definitionsLoaded = new Gauge({
+  name: "recsys_experiment_definitions_loaded",
+  help: "Experiment definitions held by the in-process assigner.",
+  registers: [registry],
+});
+const reloads = new Counter({
+  name: "recsys_experiment_definition_reloads_total",
+  help: "Reloads of the experiment definitions by the in-process assigner, by result.",
+  labelNames: ["result"] as const,
+  registers: [registry],
+});
+
+/**
+ * Connects to Redis, loads the definitions and keeps them fresh. Rejects when Redis
+ * cannot be reached at start; later Redis outages keep the last definitions.
+ */
+export async function createAssigner(options: AssignerOptions): Promise<Assigner> {
+  const log = options.log ?? createLogger("experiment-assigner");
+  const commandTimeoutMs = options.commandTimeoutMs ?? 1_000;
+  const holdout: HoldoutSettings = { percent: options.holdoutPercent ?? 0, salt: options.holdoutSalt ?? "global" };
+  const redis = await connectRedis(options.redisUrl, commandTimeoutMs, log);
+  let subscriber: Redis | undefined;
+  const store = new ExperimentStore(redis, log);
+
+  let loadedVersion = -1;
+  let definitions: CompiledDefinitions = compile([]);
+  const load = async () => {
+    try {
+      const snapshot = await store.snapshot();
+      // A slow reload must not replace a newer one that finished first.
+      if (snapshot.version >= loadedVersion) {
+        definitions = compile(snapshot.experiments);
+        loadedVersion = snapshot.version;
+        definitionsLoaded.set(snapshot.experiments.length);
+      }
+      reloads.inc({ result: "ok" });
+    } catch (err) {
+      reloads.inc({ result: "error" });
+      throw err;
+    }
+  };
+
+  let running: Promise<void> | undefined;
+  let queued: Promise<void> | undefined;
+  const start = () => (running = load().finally(() => (running = undefined)));
+  const refresh = (): Promise<void> => {
+    if (!running) return start();
+    queued ??= running
+      .catch(() => undefined)
+      .then(() => {
+        queued = undefined;
+        return start();
+      });
+    return queued;
+  };
+  const refreshInBackground = (why: string) =>
+    refresh().catch((err: Error) => log.warn({ err: err.message, why }, "experiment definitions reload failed; keeping the loaded ones"));
+
+  try {
+    await refresh();
+    subscriber = await connectRedis(options.redisUrl, commandTimeoutMs, log);
+    subscriber.on("message", () => void refreshInBackground("change notice"));
+    await subscriber.subscribe(CHANGES_CHANNEL);
+    // Notices sent while the subscriber was disconnected are lost: reload on reconnect.
+    subscriber.on("ready", () => void refreshInBackground("reconnected"));
+  } catch (err) {
+    redis.disconnect();
+    subscriber?.disconnect();
+    throw err;
+  }
+
+  const timer = setInterval(() => {
+    store.version().then(
+      (version) => (version !== loadedVersion ? refreshInBackground("periodic check") : undefined),
+      (err: Error) => log.debug({ err: err.message }, "periodic definitions check failed"),
+    );
+  }, options.refreshMs ?? 30_000);
+  timer.unref();
+
+  return {
+    assign: (userId, context, forced) => assign(definitions, holdout, userId, context, forced),
+    experiment: (id) => definitions.byId.get(id)?.definition,
+    version: () => loadedVersion,
+    refresh,
+    close: async () => {
+      clearInterval(timer);
+      await Promise.all([subscriber && closeRedis(subscriber), closeRedis(redis)]);
+    },
+  };
+}

@@ -1,0 +1,41 @@
+import { pathToFileURL } from "node:url";
+import { createLogger, exitOnSignals, loadConfig, startServer } from "../kit/index.js";
+import { createAssigner } from "./assigner.js";
+import { experimentConfigShape } from "./config.js";
+import { experimentService } from "./handlers.js";
+import { ExperimentStore, closeRedis, connectRedis } from "./store.js";
+
+/** Starts the experiment service; ready once Redis answered and the definitions are loaded. */
+export async function startExperiment(env: Record<string, string | undefined> = process.env) {
+  const config = loadConfig(experimentConfigShape, env);
+  const log = createLogger("experiment", config.LOG_LEVEL);
+  const redis = await connectRedis(config.REDIS_URL, config.REDIS_COMMAND_TIMEOUT_MS, log);
+  const assigner = await createAssigner({
+    redisUrl: config.REDIS_URL,
+    holdoutPercent: config.HOLDOUT_PERCENT,
+    holdoutSalt: config.HOLDOUT_SALT,
+    refreshMs: config.EXPERIMENTS_REFRESH_MS,
+    commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
+    log,
+  }).catch(async (err: unknown) => {
+    await closeRedis(redis);
+    throw err;
+  });
+  const store = new ExperimentStore(redis, log);
+  const running = await startServer({
+    name: "experiment",
+    config,
+    log,
+    services: [experimentService({ config, store, assigner })],
+    onShutdown: async () => {
+      await assigner.close();
+      await closeRedis(redis);
+    },
+  });
+  running.setReady(true);
+  return running;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  exitOnSignals(await startExperiment());
+}
