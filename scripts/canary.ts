@@ -54,11 +54,11 @@ async function fallbackCounts(url: string): Promise<{ fallback: number; total: n
   let fallback = 0;
   let total = 0;
   for (const line of text.split("\n")) {
-    const match = /^recsys_prediction_responses_total\{([^}]*)\} (\S+)$/.exec(line);
+    const match = /^recsys_prediction_answers_total\{([^}]*)\} (\S+)$/.exec(line);
     if (!match) continue;
     const value = Number(match[2]);
     total += value;
-    if (!/fallback_level="primary"/.test(match[1]!)) fallback += value;
+    if (!/rung="primary"/.test(match[1]!)) fallback += value;
   }
   return { fallback, total };
 }

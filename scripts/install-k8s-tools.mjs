@@ -24,7 +24,18 @@ export const K8S_PINS = {
   // from the Go module cache was tried and fails: the proxy refuses some pseudo-versions
   // that prometheus' go.mod requires.
   promtool: { debianPackage: "prometheus", version: "2.42." },
-  kubernetesValidate: "kubernetes-validate==1.37.0",
+  // With its dependencies pinned (typing_extensions and packaging are pinned by
+  // training/requirements.txt, which shares the venv).
+  kubernetesValidate: [
+    "kubernetes-validate==1.37.0",
+    "jsonschema==4.26.0",
+    "jsonschema-specifications==2025.9.1",
+    "referencing==0.37.0",
+    "rpds-py==2026.9.1",
+    "attrs==26.1.0",
+    "PyYAML==6.0.3",
+    "importlib-resources==7.1.0",
+  ],
 };
 
 const say = (msg) => console.log(`setup: ${msg}`);
@@ -98,16 +109,16 @@ function ensurePromtool() {
 }
 
 function ensureKubernetesValidate() {
-  const pin = K8S_PINS.kubernetesValidate;
-  if (stamped("kubernetes-validate", pin) && existsSync(join(venv, "bin", "kubernetes-validate"))) return;
+  const pins = K8S_PINS.kubernetesValidate;
+  if (stamped("kubernetes-validate", pins.join(" ")) && existsSync(join(venv, "bin", "kubernetes-validate"))) return;
   if (!existsSync(join(venv, "bin", "python"))) {
     const python = onPath("python3");
     if (!python) throw new Error("kubernetes-validate: python3 not found (Debian: apt-get install python3 python3-venv)");
     run(python, ["-m", "venv", venv]);
   }
-  say(`installing ${pin} from PyPI into .tools/venv`);
-  run(join(venv, "bin", "pip"), ["install", "--disable-pip-version-check", "-q", pin]);
-  stamp("kubernetes-validate", pin);
+  say(`installing ${pins[0]} from PyPI into .tools/venv`);
+  run(join(venv, "bin", "pip"), ["install", "--disable-pip-version-check", "-q", ...pins]);
+  stamp("kubernetes-validate", pins.join(" "));
 }
 
 /** Installs what is missing; returns one message per tool that could not be installed. */

@@ -136,6 +136,8 @@ for (const step of [ensureEnvoy, ensureRedis, ensureGoTools, ensureTrainingPacka
   }
 }
 
+problems.push(...(await import("./install-k8s-tools.mjs")).installK8sTools());
+
 if (problems.length) {
   for (const p of problems) console.error(`setup: ERROR: ${p}`);
   console.error("setup: some tools are missing; the mesh and tests need them. Fix the above and run `npm run setup`.");

@@ -1,0 +1,404 @@
+// The Kubernetes manifests: k8s/base rendered from the topology, both overlays built
+// with kustomize and validated against the Kubernetes API schemas, and the rules
+// every workload must follow checked on what kustomize actually outputs.
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, relative, resolve } from "node:path";
+import { parse, parseAllDocuments } from "yaml";
+import { afterAll, describe, expect, it } from "vitest";
+import { instances, podPorts, services } from "../envoy/topology.js";
+import { ENVOY_IMAGE, ENVOY_STATS_PORT, MONITORING_NAMESPACE, NAMESPACE, REDIS_CLIENT_LABEL, SECRETS, staleBaseFiles } from "../k8s/render.js";
+import { jobs } from "../k8s/workloads.js";
+import { runCommand } from "../scripts/processes.js";
+import { ROOT, TOOLS_BIN, tool } from "../scripts/tools.js";
+import { baseConfigShape, loadConfig } from "../services/kit/index.js";
+import { experimentConfigShape } from "../services/experiment/config.js";
+import { featureConfigShape } from "../services/feature/config.js";
+import { predictionConfigShape } from "../services/prediction/config.js";
+import { retrievalConfigShape } from "../services/retrieval/config.js";
+
+const configShapes: Record<string, Record<string, unknown>> = {
+  prediction: predictionConfigShape,
+  feature: featureConfigShape,
+  retrieval: retrievalConfigShape,
+  experiment: experimentConfigShape,
+  echo: baseConfigShape,
+};
+
+/** The oldest Kubernetes the manifests target: native sidecars and preStop sleep are GA or on by default. */
+const KUBERNETES_VERSION = "1.33";
+const kustomize = join(TOOLS_BIN, "kustomize");
+const validator = join(ROOT, ".tools", "venv", "bin", "kubernetes-validate");
+for (const path of [kustomize, validator]) {
+  if (!existsSync(path)) throw new Error(`${relative(ROOT, path)} is missing: run \`node scripts/install-k8s-tools.mjs\` (part of npm run setup)`);
+}
+
+// Loose shapes of what kustomize outputs; the schema validation below is the strict check.
+type Obj = Record<string, any>;
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
+  spec?: Obj;
+  data?: Record<string, string>;
+  automountServiceAccountToken?: boolean;
+}
+
+const overlays = ["dev", "prod"] as const;
+const built = Object.fromEntries(
+  await Promise.all(
+    overlays.map(async (overlay) => {
+      const { code, stdout, stderr } = await runCommand(kustomize, ["build", `k8s/overlays/${overlay}`]);
+      if (code !== 0) throw new Error(`kustomize build k8s/overlays/${overlay} failed:\n${stderr}`);
+      return [overlay, { text: stdout, objects: parseAllDocuments(stdout).map((d) => d.toJS() as K8sObject) }] as const;
+    }),
+  ),
+) as Record<(typeof overlays)[number], { text: string; objects: K8sObject[] }>;
+
+const work = mkdtempSync(join(tmpdir(), "k8s-test-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+const instanceId = (name: string, version: string) => instances.find((i) => i.service.name === name && i.version === version)!.id;
+const envoyFile = (id: string) => readFileSync(join(ROOT, "envoy", "k8s", id === "edge" ? "edge.yaml" : `sidecar-${id}.yaml`), "utf8");
+
+/** Every container of a pod spec, init containers (the Envoy sidecar, job steps) included. */
+function containers(pod: Obj): Obj[] {
+  return [...(pod.initContainers ?? []), ...pod.containers];
+}
+
+function matches(selector: Obj | undefined, labels: Record<string, string>): boolean {
+  if (!selector) return false;
+  const byLabels = Object.entries(selector.matchLabels ?? {}).every(([k, v]) => labels[k] === v);
+  const byExpressions = (selector.matchExpressions ?? []).every((e: Obj) =>
+    e.operator === "In" ? e.values.includes(labels[e.key]) : e.operator === "NotIn" ? !e.values.includes(labels[e.key]) : e.operator === "Exists" ? e.key in labels : !(e.key in labels),
+  );
+  return byLabels && byExpressions;
+}
+
+interface Endpoint {
+  namespace: string;
+  labels: Record<string, string>;
+}
+
+/**
+ * NetworkPolicy semantics for one TCP/UDP connection: allowed when the source's
+ * egress and the destination's ingress both allow it. A pod no policy selects for a
+ * direction is open in that direction; a selected pod only accepts what some rule allows.
+ */
+function connectionAllowed(policies: K8sObject[], from: Endpoint, to: Endpoint, port: number, protocol = "TCP"): boolean {
+  const peerMatches = (peer: Obj, policyNamespace: string, other: Endpoint) => {
+    const namespaceOk = peer.namespaceSelector ? matches(peer.namespaceSelector, { "kubernetes.io/metadata.name": other.namespace }) : other.namespace === policyNamespace;
+    const podOk = peer.podSelector ? matches(peer.podSelector, other.labels) : true;
+    return namespaceOk && podOk;
+  };
+  const portMatches = (rule: Obj) => !rule.ports || rule.ports.some((p: Obj) => p.port === port && (p.protocol ?? "TCP") === protocol);
+  const side = (self: Endpoint, other: Endpoint, type: "Ingress" | "Egress") => {
+    const selecting = policies.filter((p) => p.metadata.namespace === self.namespace && p.spec!.policyTypes.includes(type) && matches(p.spec!.podSelector, self.labels));
+    if (selecting.length === 0) return true;
+    const key = type === "Ingress" ? "ingress" : "egress";
+    const peers = type === "Ingress" ? "from" : "to";
+    return selecting.some((p) => (p.spec![key] ?? []).some((rule: Obj) => portMatches(rule) && (!rule[peers] || rule[peers].some((peer: Obj) => peerMatches(peer, p.metadata.namespace!, other)))));
+  };
+  return side(from, to, "Egress") && side(to, from, "Ingress");
+}
+
+describe("k8s/base", () => {
+  it("is rendered from envoy/topology.ts and k8s/workloads.ts, up to date (npx tsx k8s/render.ts)", () => {
+    expect(staleBaseFiles()).toEqual([]);
+  });
+});
+
+describe.each(overlays)("overlay %s", (overlay) => {
+  const { text, objects } = built[overlay];
+  const ofKind = (kind: string) => objects.filter((o) => o.kind === kind);
+  const named = (kind: string, name: string) => {
+    const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
+    if (!found) throw new Error(`no ${kind} ${name} in the ${overlay} build`);
+    return found;
+  };
+  const deployments = ofKind("Deployment");
+  const podTemplates: { kind: string; name: string; pod: Obj; labels: Record<string, string> }[] = [
+    ...deployments.map((d) => ({ kind: "Deployment", name: d.metadata.name, pod: d.spec!.template.spec, labels: d.spec!.template.metadata.labels })),
+    ...ofKind("StatefulSet").map((s) => ({ kind: "StatefulSet", name: s.metadata.name, pod: s.spec!.template.spec, labels: s.spec!.template.metadata.labels })),
+    ...ofKind("Job").map((j) => ({ kind: "Job", name: j.metadata.name, pod: j.spec!.template.spec, labels: j.spec!.template.metadata.labels })),
+    ...ofKind("CronJob").map((j) => ({ kind: "CronJob", name: j.metadata.name, pod: j.spec!.jobTemplate.spec.template.spec, labels: j.spec!.jobTemplate.spec.template.metadata.labels })),
+  ];
+
+  it(`validates against the Kubernetes ${KUBERNETES_VERSION} schemas, strictly (an unknown field fails)`, async () => {
+    const file = join(work, `${overlay}.yaml`);
+    writeFileSync(file, text);
+    const { code, stdout, stderr } = await runCommand(validator, ["--strict", "-k", KUBERNETES_VERSION, file], 60_000);
+    const output = stdout + stderr;
+    expect(output).not.toMatch(/ERROR|WARN/);
+    expect(code).toBe(0);
+    // Every object was checked against a schema (none skipped as unknown).
+    expect(output.match(/passed for resource/g)?.length).toBe(objects.length);
+  });
+
+  it("puts everything in the recsys namespace", () => {
+    expect(objects.filter((o) => o.kind !== "Namespace" && o.metadata.namespace !== NAMESPACE).map((o) => `${o.kind}/${o.metadata.name}`)).toEqual([]);
+    expect(named("Namespace", NAMESPACE).metadata.labels).toMatchObject({ "pod-security.kubernetes.io/enforce": "restricted" });
+  });
+
+  it("runs a Deployment and a headless Service per topology instance, and the edge", () => {
+    expect(deployments.map((d) => d.metadata.name).sort()).toEqual([...instances.map((i) => i.id), "edge"].sort());
+    for (const { service, version, id } of instances) {
+      const svc = named("Service", id);
+      expect(svc.spec!.clusterIP, id).toBe("None");
+      expect(svc.spec!.ports).toEqual([{ name: "grpc", port: podPorts.ingress(service.name, version), targetPort: "grpc", appProtocol: "grpc" }]);
+      // It selects this instance's pods and no other's.
+      const selected = podTemplates.filter((t) => matches({ matchLabels: svc.spec!.selector }, t.labels)).map((t) => t.name);
+      expect(selected, id).toEqual([id]);
+    }
+  });
+
+  it("gives every workload and pod the labels app and version", () => {
+    for (const o of [...deployments, ...ofKind("StatefulSet"), ...ofKind("Job"), ...ofKind("CronJob")]) {
+      expect(Object.keys(o.metadata.labels ?? {}), `${o.kind}/${o.metadata.name}`).toEqual(expect.arrayContaining(["app", "version"]));
+    }
+    for (const t of podTemplates) expect(Object.keys(t.labels), `${t.kind}/${t.name}`).toEqual(expect.arrayContaining(["app", "version"]));
+  });
+
+  it("locks down every pod and container: own service account without a token, non-root, read-only root, no privilege escalation, no capabilities, seccomp, requests and limits", () => {
+    expect(podTemplates.length).toBeGreaterThan(instances.length);
+    for (const { kind, name, pod } of podTemplates) {
+      const where = `${kind}/${name}`;
+      expect(pod.automountServiceAccountToken, where).toBe(false);
+      const account = named("ServiceAccount", pod.serviceAccountName);
+      expect(account.automountServiceAccountToken, where).toBe(false);
+      for (const c of containers(pod)) {
+        const at = `${where} container ${c.name}`;
+        const effective = (key: string) => c.securityContext?.[key] ?? pod.securityContext?.[key];
+        expect(effective("runAsNonRoot"), at).toBe(true);
+        expect(effective("runAsUser") ?? 1, at).toBeGreaterThan(0);
+        expect(effective("seccompProfile"), at).toEqual({ type: "RuntimeDefault" });
+        expect(c.securityContext?.allowPrivilegeEscalation, at).toBe(false);
+        expect(c.securityContext?.readOnlyRootFilesystem, at).toBe(true);
+        expect(c.securityContext?.capabilities?.drop, at).toEqual(["ALL"]);
+        expect(c.securityContext?.capabilities?.add, at).toBeUndefined();
+        for (const bound of ["requests", "limits"]) {
+          expect(Object.keys(c.resources?.[bound] ?? {}).sort(), `${at} ${bound}`).toEqual(["cpu", "memory"]);
+        }
+      }
+    }
+  });
+
+  it.each(instances.map((i) => [i.id, i] as const))("%s: app and Envoy sidecar wired to the rendered sidecar config, with probes", (id, { service, version }) => {
+    const deployment = named("Deployment", id);
+    const pod = deployment.spec!.template.spec;
+    const envoyConfig = parse(envoyFile(id));
+
+    // The sidecar: a native sidecar (starts first, stops last) running the ConfigMap
+    // generated from the rendered file, byte for byte.
+    const sidecar = pod.initContainers.find((c: Obj) => c.name === "envoy");
+    expect(sidecar.restartPolicy).toBe("Always");
+    expect(sidecar.image).toMatch(/^envoyproxy\/envoy:v\d+\.\d+\.\d+$/);
+    expect(sidecar.args.slice(0, 2)).toEqual(["-c", "/etc/envoy/envoy.yaml"]);
+    const mount = sidecar.volumeMounts.find((m: Obj) => m.mountPath === "/etc/envoy");
+    const volume = pod.volumes.find((v: Obj) => v.name === mount.name);
+    expect(named("ConfigMap", volume.configMap.name).data!["envoy.yaml"]).toBe(envoyFile(id));
+    expect(sidecar.ports.find((p: Obj) => p.name === "grpc").containerPort).toBe(envoyConfig.static_resources.listeners.find((l: Obj) => l.name === "ingress").address.socket_address.port_value);
+    for (const probe of ["startupProbe", "readinessProbe", "livenessProbe"]) {
+      expect(sidecar[probe]?.httpGet, `${id} envoy ${probe}`).toEqual({ path: "/ready", port: ENVOY_STATS_PORT });
+    }
+
+    // The app: listens where the sidecar's local cluster sends, reaches its upstreams
+    // through the sidecar's egress listeners, and is probed over native gRPC health.
+    const app = pod.containers.find((c: Obj) => c.name === "app");
+    expect([...app.command, ...app.args]).toEqual(["node", "--import", "tsx", `services/${service.name}/server.ts`]);
+    expect(existsSync(join(ROOT, app.args[0]))).toBe(true);
+    const env = Object.fromEntries(app.env.map((e: Obj) => [e.name, e.value ?? e.valueFrom]));
+    const localApp = envoyConfig.static_resources.clusters.find((c: Obj) => c.name === "local_app_grpc");
+    const appPort = localApp.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value;
+    expect(Number(env.GRPC_PORT)).toBe(appPort);
+    expect(env.HOST).toBe("0.0.0.0");
+    for (const upstream of service.upstreams) {
+      const egress = envoyConfig.static_resources.listeners.find((l: Obj) => l.name === `egress_${upstream}`).address.socket_address;
+      expect(env[`${upstream.toUpperCase()}_ADDR`], upstream).toBe(`${egress.address}:${egress.port_value}`);
+    }
+    expect(Object.keys(env).filter((k) => k.endsWith("_ADDR")).length).toBe(service.upstreams.length);
+    if (service.versions.length > 1) expect(env.SERVICE_VERSION).toBe(version);
+    expect(app.startupProbe.grpc).toEqual({ port: appPort });
+    expect(app.readinessProbe.grpc).toEqual({ port: appPort });
+    expect(app.livenessProbe.httpGet).toEqual({ path: "/metrics", port: Number(env.METRICS_PORT) });
+    expect(deployment.spec!.template.metadata.annotations).toMatchObject({ "prometheus.io/scrape": "true", "prometheus.io/port": env.METRICS_PORT });
+  });
+
+  it.each(instances.map((i) => [i.id, i] as const))("%s: env names are the service's own settings, and they load", (id, { service }) => {
+    const app = named("Deployment", id).spec!.template.spec.containers.find((c: Obj) => c.name === "app");
+    const shape = configShapes[service.name]!;
+    const names: string[] = app.env.map((e: Obj) => e.name);
+    expect(names.filter((n) => !(n in shape))).toEqual([]);
+    const secrets = ofKind("Secret");
+    const env = Object.fromEntries(
+      app.env.map((e: Obj) => {
+        if (e.value !== undefined) return [e.name, e.value];
+        const ref = e.valueFrom.secretKeyRef;
+        // dev generates the secrets (kustomize adds a hash suffix); prod expects them created beforehand.
+        const secret = secrets.find((s) => s.metadata.name === ref.name);
+        if (overlay === "dev") expect(secret?.data?.[ref.key], `${e.name} from ${ref.name}`).toBeDefined();
+        else expect(Object.values(SECRETS).some((s) => s.name === ref.name && s.key === ref.key), ref.name).toBe(true);
+        return [e.name, secret ? Buffer.from(secret.data![ref.key]!, "base64").toString() : e.name === "REDIS_URL" ? "rediss://redis.example:6380" : "a-production-token"];
+      }),
+    );
+    expect(() => loadConfig(shape as typeof baseConfigShape, env)).not.toThrow();
+  });
+
+  it("resolves every Envoy STRICT_DNS address to a headless Service port", () => {
+    for (const id of [...instances.map((i) => i.id), "edge"]) {
+      const clusters = parse(envoyFile(id)).static_resources.clusters.filter((c: Obj) => c.type === "STRICT_DNS");
+      for (const cluster of clusters) {
+        for (const { endpoint } of cluster.load_assignment.endpoints[0].lb_endpoints) {
+          const { address, port_value } = endpoint.address.socket_address;
+          const [name, namespace, ...rest] = address.split(".");
+          expect(`${namespace}.${rest.join(".")}`, address).toBe(`${NAMESPACE}.svc.cluster.local`);
+          const svc = named("Service", name);
+          expect(svc.spec!.clusterIP).toBe("None");
+          expect(svc.spec!.ports.map((p: Obj) => p.port)).toContain(port_value);
+        }
+      }
+    }
+  });
+
+  it("autoscales every Deployment on CPU and requests per second, and budgets its disruptions", () => {
+    const adapter = parse(readFileSync(join(ROOT, "observability", "prometheus-adapter.yaml"), "utf8"));
+    const served = adapter.rules.map((r: Obj) => /^(\w+)\{/.exec(r.seriesQuery)![1]!.replace(new RegExp(r.name.matches), r.name.as.replace("${1}", "$1")));
+    for (const d of deployments) {
+      const name = d.metadata.name;
+      const autoscaler = ofKind("HorizontalPodAutoscaler").find((h) => h.spec!.scaleTargetRef.name === name);
+      expect(autoscaler?.spec!.scaleTargetRef.kind, name).toBe("Deployment");
+      expect(autoscaler!.spec!.minReplicas).toBeGreaterThanOrEqual(1);
+      expect(autoscaler!.spec!.maxReplicas).toBeGreaterThan(autoscaler!.spec!.minReplicas);
+      const metrics = autoscaler!.spec!.metrics as Obj[];
+      const cpu = metrics.find((m) => m.type === "ContainerResource")?.containerResource;
+      expect(cpu?.name, name).toBe("cpu");
+      expect(containers(d.spec!.template.spec).map((c) => c.name)).toContain(cpu.container);
+      const perPod = metrics.find((m) => m.type === "Pods")?.pods;
+      expect(served, name).toContain(perPod?.metric.name);
+      // The Deployment leaves the replica count to the autoscaler.
+      expect(d.spec!.replicas, name).toBeUndefined();
+      const budgets = ofKind("PodDisruptionBudget").filter((p) => matches(p.spec!.selector, d.spec!.template.metadata.labels));
+      expect(budgets.length, name).toBe(1);
+      expect(budgets[0]!.spec!.maxUnavailable).toBe(1);
+    }
+  });
+
+  it("allows exactly the mesh's paths through the NetworkPolicies", () => {
+    const policies = ofKind("NetworkPolicy");
+    const podOf = (app: string, version = "v1"): Endpoint => {
+      const found = podTemplates.find((t) => t.labels.app === app && t.labels.version === version);
+      if (!found) throw new Error(`no pod template for ${app} ${version}`);
+      return { namespace: NAMESPACE, labels: found.labels };
+    };
+    const ingress = podPorts.ingress("", "");
+    const appPort = podPorts.app("", "");
+    const prometheus: Endpoint = { namespace: MONITORING_NAMESPACE, labels: { app: "prometheus" } };
+    const stranger: Endpoint = { namespace: "default", labels: { app: "curl" } };
+    const allowed = (from: Endpoint, to: Endpoint, port: number, protocol?: string) => connectionAllowed(policies, from, to, port, protocol);
+    const pods = instances.map((i) => ({ ...i, pod: podOf(i.service.name, i.version) }));
+
+    for (const callee of pods) {
+      expect(allowed(podOf("edge"), callee.pod, ingress), `edge -> ${callee.id}`).toBe(true);
+      expect(allowed(podOf("edge"), callee.pod, appPort), `edge -> ${callee.id} app port`).toBe(false);
+      expect(allowed(stranger, callee.pod, ingress), `other namespace -> ${callee.id}`).toBe(false);
+      expect(allowed(prometheus, callee.pod, podPorts.appMetrics("", "")), `prometheus -> ${callee.id} metrics`).toBe(true);
+      expect(allowed(prometheus, callee.pod, ENVOY_STATS_PORT), `prometheus -> ${callee.id} envoy stats`).toBe(true);
+      expect(allowed(prometheus, callee.pod, appPort), `prometheus -> ${callee.id} app port`).toBe(false);
+      for (const caller of pods) {
+        const calls = caller.service.upstreams.includes(callee.service.name);
+        expect(allowed(caller.pod, callee.pod, ingress), `${caller.id} -> ${callee.id}`).toBe(calls);
+        expect(allowed(caller.pod, callee.pod, appPort), `${caller.id} -> ${callee.id} app port`).toBe(false);
+      }
+      expect(allowed(callee.pod, { namespace: "kube-system", labels: { "k8s-app": "kube-dns" } }, 53, "UDP"), `${callee.id} DNS`).toBe(true);
+    }
+    for (const job of jobs) {
+      for (const callee of pods) {
+        expect(allowed(podOf(job.name), callee.pod, ingress), `${job.name} -> ${callee.id}`).toBe(job.upstreams.includes(callee.service.name));
+      }
+    }
+    expect(allowed(stranger, podOf("edge"), podPorts.edge)).toBe(true);
+    expect(allowed(prometheus, podOf("edge"), ENVOY_STATS_PORT)).toBe(true);
+    // Redis: its clients (and only they) reach it, wherever it runs.
+    const redis: Endpoint = overlay === "dev" ? podOf("redis") : { namespace: "managed-redis", labels: {} };
+    for (const { service, pod } of pods) {
+      expect(allowed(pod, redis, 6379), `${service.name} -> redis`).toBe(pod.labels[REDIS_CLIENT_LABEL] === "true");
+    }
+    expect(allowed(podOf("materialize"), redis, 6379)).toBe(true);
+    expect(allowed(podOf("edge"), redis, 6379)).toBe(false);
+  });
+
+  it("runs the batch jobs with scripts and inputs that exist, through the sidecar when they call upstreams", () => {
+    for (const job of jobs) {
+      const template = podTemplates.find((t) => t.name === job.name && t.kind === job.kind);
+      expect(template, job.name).toBeDefined();
+      const steps = containers(template!.pod).filter((c) => c.name !== "envoy");
+      expect(steps.map((s) => s.args)).toEqual(job.commands);
+      for (const step of steps) {
+        expect(step.command).toEqual(["node", "--import", "tsx"]);
+        for (const arg of step.args.filter((a: string) => /\.(ts|jsonl)$/.test(a))) expect(existsSync(join(ROOT, arg)), arg).toBe(true);
+      }
+      const sidecar = template!.pod.initContainers?.find((c: Obj) => c.name === "envoy");
+      expect(Boolean(sidecar), job.name).toBe(job.upstreams.length > 0);
+      if (sidecar) {
+        const volume = template!.pod.volumes.find((v: Obj) => v.name === "envoy-config");
+        expect(named("ConfigMap", volume.configMap.name).data!["envoy.yaml"]).toBe(envoyFile(instanceId(job.service, job.version)));
+      }
+    }
+  });
+});
+
+describe("Envoy with the pod listener merged in (--config-yaml)", () => {
+  const { objects } = built.dev;
+
+  it("is the release the tests run locally", async () => {
+    const { stdout } = await runCommand(tool("envoy"), ["--version"]);
+    expect(stdout).toContain(`/${ENVOY_IMAGE.split(":v")[1]}/`);
+  });
+  const podListener = (role: string) => objects.find((o) => o.kind === "ConfigMap" && o.metadata.name.startsWith(`envoy-pod-listener-${role}-`))!.data!["listener.yaml"]!;
+
+  it.each([...instances.map((i) => [i.id, "sidecar"]), ["edge", "edge"]])("%s validates and exposes only stats and readiness of its own admin port", async (id, role) => {
+    const listener = podListener(role);
+    const admin = parse(envoyFile(id)).admin.address.socket_address.port_value;
+    const merged = parse(listener).static_resources;
+    expect(merged.listeners[0].address.socket_address.port_value).toBe(ENVOY_STATS_PORT);
+    expect(merged.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address).toEqual({ address: "127.0.0.1", port_value: admin });
+    const routes = merged.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes;
+    expect(routes.map((r: Obj) => r.match)).toEqual([{ path: "/stats/prometheus" }, { path: "/ready" }]);
+    const config = join(ROOT, "envoy", "k8s", id === "edge" ? "edge.yaml" : `sidecar-${id}.yaml`);
+    const { code, stdout, stderr } = await runCommand(tool("envoy"), ["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c", config, "--config-yaml", listener]);
+    expect(stdout + stderr).toContain("OK");
+    expect(code).toBe(0);
+  });
+});
+
+describe("Dockerfile", () => {
+  const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
+  const copied = [...dockerfile.matchAll(/^COPY (?!--from)(\S+) \.\/\S*$/gm)].map((m) => m[1]!);
+
+  /** Every file a module imports, transitively, through relative imports. */
+  function importClosure(entry: string, seen = new Set<string>()): Set<string> {
+    if (seen.has(entry)) return seen;
+    seen.add(entry);
+    const source = readFileSync(entry, "utf8");
+    for (const [, spec] of source.matchAll(/(?:from|import)\s*\(?\s*"(\.{1,2}\/[^"]+)"/g)) {
+      importClosure(resolve(dirname(entry), spec!.replace(/\.js$/, ".ts")), seen);
+    }
+    return seen;
+  }
+
+  it("copies everything the entry points and job scripts import", () => {
+    expect(copied).toEqual(expect.arrayContaining(["gen", "services", "models"]));
+    const entries = [...services.map((s) => `services/${s.name}/server.ts`), ...jobs.flatMap((j) => j.commands.map((c) => c[0]!))];
+    const outside = entries
+      .flatMap((entry) => [...importClosure(join(ROOT, entry))])
+      .map((file) => relative(ROOT, file).split("/")[0]!)
+      .filter((top) => !copied.includes(top));
+    expect([...new Set(outside)]).toEqual([]);
+  });
+
+  it("runs as a non-root user, and .dockerignore lets in what it copies", () => {
+    expect(dockerfile).toMatch(/^USER 1000:1000$/m);
+    const ignore = readFileSync(join(ROOT, ".dockerignore"), "utf8");
+    for (const dir of copied) expect(ignore).toContain(`!${dir}`);
+  });
+});
