@@ -20,8 +20,11 @@ export class Deadline {
     return Math.max(0, this.end - performance.now());
   }
 
-  /** Budget for the next stage: capped, and leaving reserveMs for what follows. */
+  /**
+   * Budget for the next stage: capped, and leaving reserveMs for what follows.
+   * Whole milliseconds: grpc-timeout carries an integer ("1347m"), never "1347.75m".
+   */
   budgetMs(capMs: number, reserveMs = 0): number {
-    return Math.max(0, Math.min(capMs, this.remainingMs() - reserveMs));
+    return Math.max(0, Math.floor(Math.min(capMs, this.remainingMs() - reserveMs)));
   }
 }

@@ -1,0 +1,110 @@
+import { pathToFileURL } from "node:url";
+import { ExperimentService } from "../../gen/recsys/experiment/v1/experiment_pb.js";
+import { FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
+import { RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import { createLogger, createServiceClient, exitOnSignals, startServer, type Logger } from "../kit/index.js";
+import { Admission } from "./admission.js";
+import { VariantResolver } from "./assignment.js";
+import { PredictionCache } from "./cache.js";
+import { loadPredictionConfig, type PredictionConfig } from "./config.js";
+import { FeatureReader } from "./features.js";
+import { predictionService } from "./handlers.js";
+import { ModelStore } from "./model-store.js";
+import { Predictor } from "./predictor.js";
+
+/**
+ * Everything Predict needs, loaded and warmed: models, caches, upstream clients,
+ * the variant resolver. Shared by the server and the precompute job.
+ */
+export async function createPredictor(config: PredictionConfig, log: Logger) {
+  const store = new ModelStore({
+    modelsDir: config.MODELS_DIR,
+    threads: config.ORT_THREADS,
+    batch: {
+      maxRows: config.BATCH_MAX_ROWS,
+      maxWaitMs: config.BATCH_MAX_WAIT_MS,
+      p99TargetMs: config.BATCH_P99_TARGET_MS,
+      maxInFlight: config.BATCH_MAX_IN_FLIGHT,
+    },
+    serviceVersion: config.SERVICE_VERSION,
+    log,
+  });
+  const models = await store.open();
+  log.info({ models: models.versions }, "models loaded and warmed");
+  const cache = new PredictionCache({
+    redisUrl: config.REDIS_URL,
+    redisTimeoutMs: config.REDIS_TIMEOUT_MS,
+    l1MaxEntries: config.L1_MAX_ENTRIES,
+    l1TtlMs: config.L1_TTL_MS,
+    freshSeconds: config.CACHE_FRESH_S,
+    staleSeconds: config.CACHE_STALE_S,
+    version: config.SERVICE_VERSION,
+    log,
+  });
+  if (!(await cache.connect(2000))) log.warn({ url: config.REDIS_URL }, "Redis not reachable yet: serving without the L2 cache until it is");
+  const features = new FeatureReader(config.FEATURE_ADDR ? createServiceClient(FeatureService, config.FEATURE_ADDR) : undefined, {
+    userCacheEntries: 100_000,
+    userCacheTtlMs: 30 * 60_000,
+    itemCacheEntries: 200_000,
+    itemCacheTtlMs: 30_000,
+    version: config.SERVICE_VERSION,
+  });
+  const variants = new VariantResolver(
+    config.EXPERIMENT_ADDR ? createServiceClient(ExperimentService, config.EXPERIMENT_ADDR) : undefined,
+    {
+      redisUrl: config.REDIS_URL,
+      holdoutPercent: config.HOLDOUT_PERCENT,
+      holdoutSalt: config.HOLDOUT_SALT,
+      refreshMs: config.EXPERIMENTS_REFRESH_MS,
+      commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
+      log,
+    },
+    log,
+  );
+  variants.start();
+  for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
+    if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
+  }
+  const predictor = new Predictor({
+    config,
+    store,
+    cache,
+    features,
+    retrieval: config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined,
+    variants,
+    admission: new Admission(config.MAX_CONCURRENT, config.SHED_QUEUE_DELAY_MS),
+    log,
+  });
+  const close = async () => {
+    await Promise.all([store.close(), cache.close(), variants.close()]);
+  };
+  return { predictor, store, cache, close };
+}
+
+/**
+ * Starts the prediction service. It listens once the models are loaded and warmed
+ * and is SERVING from then on: upstream outages degrade answers down the fallback
+ * ladder, they do not make the service unready.
+ */
+export async function startPrediction(env: Record<string, string | undefined> = process.env) {
+  const config = loadPredictionConfig(env);
+  const log = createLogger("prediction", config.LOG_LEVEL).child({ version: config.SERVICE_VERSION });
+  const { predictor, store, cache, close } = await createPredictor(config, log);
+  const running = await startServer({
+    name: "prediction",
+    config,
+    log,
+    services: [predictionService({ config, predictor, cache, store })],
+    onShutdown: close,
+  }).catch(async (err: unknown) => {
+    await close();
+    throw err;
+  });
+  store.watch(config.MODELS_POLL_MS);
+  running.setReady(true);
+  return running;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  exitOnSignals(await startPrediction());
+}

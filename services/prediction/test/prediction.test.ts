@@ -1,0 +1,370 @@
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { BadRequestSchema, ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
+import { Device, Priority } from "../../../gen/recsys/common/v1/common_pb.js";
+import { ExperimentService, ExperimentStatus } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
+import { FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
+import { CacheLevel, FallbackLevel, PredictionService, type PredictRequest } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
+import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
+import { ROOT } from "../../../scripts/tools.js";
+import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startExperiment } from "../../experiment/server.js";
+import { startFeatureService } from "../../feature/server.js";
+import { Code, ConnectError, createServiceClient, type RunningServer } from "../../kit/index.js";
+import { startRetrievalService } from "../../retrieval/server.js";
+import { loadPredictionConfig } from "../config.js";
+import { precompute } from "../precompute.js";
+import { startPrediction } from "../server.js";
+import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
+import { seedBatchFeatures } from "./feature-fixtures.js";
+
+const TOKEN = "test-admin-token-123";
+const admin = { headers: { authorization: `Bearer ${TOKEN}` } };
+const mobile = { device: Device.MOBILE, timestamp: timestampFromMs(Date.parse("2026-03-02T10:30:00Z")) };
+const desktop = { ...mobile, device: Device.DESKTOP };
+
+async function failure(call: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error("expected the call to fail");
+}
+
+/** The field an INVALID_ARGUMENT names: protovalidate's BadRequest, or the service's ErrorInfo. */
+function invalidField(err: ConnectError): string | undefined {
+  return err.findDetails(BadRequestSchema)[0]?.fieldViolations[0]?.field ?? err.findDetails(ErrorInfoSchema)[0]?.metadata.field;
+}
+
+describe("prediction service through real feature, retrieval and experiment servers and Redis", () => {
+  let redis: TestRedis;
+  let dir: string;
+  const servers: RunningServer[] = [];
+  let featureProxy: FaultProxy;
+  let retrievalProxy: FaultProxy;
+  let prediction: RunningServer;
+  let client: Client<typeof PredictionService>;
+  let experiments: Client<typeof ExperimentService>;
+
+  const predict = (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = 3000) => client.predict(request, { timeoutMs });
+  const start = async (env: Record<string, string> = {}) => {
+    const server = await startPrediction({
+      GRPC_PORT: "0",
+      LOG_LEVEL: "silent",
+      ADMIN_TOKEN: TOKEN,
+      REDIS_URL: redis.url,
+      MODELS_DIR: join(dir, "models"),
+      MODELS_POLL_MS: "0",
+      FEATURE_ADDR: featureProxy.address,
+      RETRIEVAL_ADDR: retrievalProxy.address,
+      EXPERIMENT_ADDR: `127.0.0.1:${servers[0]!.port}`,
+      DEFAULT_DEADLINE_MS: "3000",
+      ...env,
+    });
+    servers.push(server);
+    return server;
+  };
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    dir = mkdtempSync(join(tmpdir(), "recsys-prediction-"));
+    // A copy of the models, so the hot-swap test can add a version.
+    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog"]) {
+      cpSync(join(ROOT, "models", name, "v1"), join(dir, "models", name, "v1"), { recursive: true });
+    }
+    const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN };
+    servers.push(await startExperiment(common));
+    const feature = await startFeatureService({ ...common, CATALOG_PATH: join(ROOT, "models", "catalog", "v1", "items.jsonl") });
+    servers.push(feature);
+    const retrieval = await startRetrievalService({ ...common, MODELS_DIR: join(ROOT, "models"), RETRIEVAL_DATA_DIR: join(dir, "retrieval") });
+    servers.push(retrieval);
+    await retrieval.ready;
+    featureProxy = await startFaultProxy(FeatureService, `127.0.0.1:${feature.port}`);
+    retrievalProxy = await startFaultProxy(RetrievalService, `127.0.0.1:${retrieval.port}`);
+
+    await seedBatchFeatures(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`));
+    experiments = createServiceClient(ExperimentService, `127.0.0.1:${servers[0]!.port}`);
+
+    prediction = await start();
+    client = createServiceClient(PredictionService, `127.0.0.1:${prediction.port}`);
+  });
+
+  afterAll(async () => {
+    await Promise.all([...servers].reverse().map((s) => s.shutdown()));
+    await Promise.all([featureProxy?.stop(), retrievalProxy?.stop()]);
+    await redis?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("reports SERVING once the models are loaded and warmed", async () => {
+    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${prediction.port}` }));
+    expect((await health.check({ service: "recsys.prediction.v1.PredictionService" })).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+  });
+
+  it("answers a personalised ranking that differs by user and by variant, then serves it from L1", async () => {
+    let serviceVersion: string | null = null;
+    const first = await client.predict({ userId: "u000001", context: mobile, numPredictions: 10 }, { onHeader: (h) => (serviceVersion = h.get("x-service-version")) });
+    expect(serviceVersion).toBe("v1");
+    expect(first.metadata).toMatchObject({ fallbackLevel: FallbackLevel.PRIMARY, cacheLevel: CacheLevel.MISS, variant: "default" });
+    expect(first.metadata!.traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(first.metadata!.modelVersions).toMatchObject({ "ranker-gbdt": "v1", "ranker-mlp": "v1", embeddings: "v1" });
+    expect(first.metadata!.stages.map((s) => s.stage)).toEqual(expect.arrayContaining(["assign", "cache", "features", "candidates", "item_features", "rank"]));
+    expect(first.metadata!.featureAgeSeconds).toBeGreaterThan(0);
+    expect(first.predictions).toHaveLength(10);
+    expect(first.predictions.map((p) => p.rank)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    const scores = first.predictions.map((p) => p.score);
+    expect([...scores].sort((a, b) => b - a)).toEqual(scores);
+    const perCategory = new Map<string, number>();
+    for (const p of first.predictions) perCategory.set(p.category, (perCategory.get(p.category) ?? 0) + 1);
+    expect(Math.max(...perCategory.values())).toBeLessThanOrEqual(3);
+
+    const other = await predict({ userId: "u000002", context: mobile, numPredictions: 10 });
+    expect(other.metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
+    expect(other.predictions.map((p) => p.itemId)).not.toEqual(first.predictions.map((p) => p.itemId));
+
+    const gbdt = await predict({ userId: "u000001", context: mobile, numPredictions: 10, modelVariant: "gbdt-only" });
+    const mlp = await predict({ userId: "u000001", context: mobile, numPredictions: 10, modelVariant: "mlp-heavy" });
+    expect(gbdt.metadata).toMatchObject({ variant: "gbdt-only", modelVersions: { "ranker-gbdt": "v1" } });
+    expect(mlp.metadata!.variant).toBe("mlp-heavy");
+    expect(gbdt.predictions.map((p) => p.score)).not.toEqual(mlp.predictions.map((p) => p.score));
+
+    const again = await predict({ userId: "u000001", context: mobile, numPredictions: 5 });
+    expect(again.metadata).toMatchObject({ cacheLevel: CacheLevel.L1, fallbackLevel: FallbackLevel.PRIMARY });
+    expect(again.predictions.map((p) => p.itemId)).toEqual(first.predictions.slice(0, 5).map((p) => p.itemId));
+  });
+
+  it("answers bad input with INVALID_ARGUMENT naming the field", async () => {
+    const cases: [MessageInitShape<typeof PredictRequestSchema>, string][] = [
+      [{ userId: "" }, "user_id"],
+      [{ userId: "   " }, "user_id"],
+      [{ userId: "u000001", numPredictions: 0 }, "num_predictions"],
+      [{ userId: "u000001", numPredictions: 10_001 }, "num_predictions"],
+      [{ userId: "u000001", modelVariant: "turbo" }, "model_variant"],
+      [{ userId: "u000001", modelVariant: "no-such-experiment/treatment" }, "model_variant"],
+      [{ userId: "u000001", context: { timeZone: "Mars/Olympus" } }, "context.time_zone"],
+    ];
+    for (const [request, field] of cases) {
+      const err = await failure(predict(request));
+      expect(err.code, JSON.stringify(request)).toBe(Code.InvalidArgument);
+      expect(invalidField(err), JSON.stringify(request)).toBe(field);
+    }
+    const batch = await failure(client.predictBatch({ requests: [{ userId: "u000001" }, { userId: "u000002", modelVariant: "turbo" }] }));
+    expect(invalidField(batch)).toBe("requests[1].model_variant");
+  });
+
+  it("follows the experiment a user is assigned to, and accepts an explicit experiment variant", async () => {
+    await experiments.createExperiment(
+      {
+        experiment: {
+          id: "ranker-weights",
+          layer: "ranking",
+          status: ExperimentStatus.RUNNING,
+          variants: [
+            { name: "control", allocation: 0.5, config: { ensembleWeights: { "ranker-gbdt": 0.5, "ranker-mlp": 0.5 } } },
+            { name: "treatment", allocation: 0.5, config: { ensembleWeights: { "ranker-mlp-int8": 1 }, params: { max_per_category: "2" } } },
+          ],
+        },
+      },
+      admin,
+    );
+    // The in-process assigner hears of the new experiment through Redis pub/sub.
+    await expect
+      .poll(async () => (await predict({ userId: "u000010", context: mobile, bypassCache: true })).metadata!.experimentId, { timeout: 5000 })
+      .toBe("ranker-weights");
+    const seen = new Set<string>();
+    for (let u = 10; u < 30; u++) seen.add((await predict({ userId: `u0000${u}`, context: mobile, bypassCache: true })).metadata!.variant);
+    expect(seen).toEqual(new Set(["control", "treatment"]));
+
+    const forced = await predict({ userId: "u000010", context: mobile, modelVariant: "ranker-weights/treatment", numPredictions: 20 });
+    expect(forced.metadata).toMatchObject({ experimentId: "ranker-weights", variant: "treatment", modelVersions: { "ranker-mlp-int8": "v1" } });
+    const perCategory = new Map<string, number>();
+    for (const p of forced.predictions) perCategory.set(p.category, (perCategory.get(p.category) ?? 0) + 1);
+    expect(Math.max(...perCategory.values())).toBeLessThanOrEqual(2);
+    const unknown = await failure(predict({ userId: "u000010", modelVariant: "ranker-weights/nope" }));
+    expect(invalidField(unknown)).toBe("model_variant");
+  });
+
+  it("shares L2 between instances, and InvalidateCache (admin) drops L1 and L2 everywhere", async () => {
+    const request = { userId: "u000003", context: mobile };
+    expect((await predict(request)).metadata!.cacheLevel).toBe(CacheLevel.MISS);
+    const second = await start();
+    const secondClient = createServiceClient(PredictionService, `127.0.0.1:${second.port}`);
+    expect((await secondClient.predict(request)).metadata!.cacheLevel).toBe(CacheLevel.L2);
+    expect((await secondClient.predict(request)).metadata!.cacheLevel).toBe(CacheLevel.L1);
+
+    expect((await failure(client.invalidateCache({ userIds: ["u000003"] }))).code).toBe(Code.Unauthenticated);
+    expect(invalidField(await failure(client.invalidateCache({}, admin)))).toBe("user_ids");
+    const dropped = await client.invalidateCache({ userIds: ["u000003"] }, admin);
+    expect(dropped).toMatchObject({ l1Removed: 1n, l2Removed: 1n });
+    await expect.poll(async () => (await secondClient.predict(request)).metadata!.cacheLevel).toBe(CacheLevel.MISS);
+    await second.shutdown();
+  });
+
+  it("answers PredictBatch in request order", async () => {
+    const { responses } = await client.predictBatch({
+      requests: [
+        { userId: "u000004", context: mobile, numPredictions: 3, modelVariant: "gbdt-only" },
+        { userId: "u000005", context: desktop, numPredictions: 4, modelVariant: "int8" },
+      ],
+    });
+    expect(responses.map((r) => r.predictions.length)).toEqual([3, 4]);
+    expect(responses.map((r) => r.metadata!.variant)).toEqual(["gbdt-only", "int8"]);
+  });
+
+  describe("fallback ladder: each rung reached by breaking what it guards, and the caller still gets items", () => {
+    const rungOf = async (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = 3000) => {
+      const started = performance.now();
+      const response = await predict({ numPredictions: 10, ...request }, timeoutMs);
+      expect(response.predictions.length).toBeGreaterThan(0);
+      return { ...response.metadata!, elapsedMs: performance.now() - started };
+    };
+    afterAll(() => {
+      featureProxy.inject({});
+      retrievalProxy.inject({});
+    });
+
+    it("cached: the feature store fails fast (UNAVAILABLE), the user's answer for another context is served", async () => {
+      await rungOf({ userId: "u000006", context: mobile });
+      featureProxy.inject({ "*": { fail: Code.Unavailable } });
+      const metadata = await rungOf({ userId: "u000006", context: desktop });
+      expect(metadata).toMatchObject({ fallbackLevel: FallbackLevel.CACHED, stale: true });
+      expect(metadata.fallbackReason).toMatch(/features: Unavailable/);
+    });
+
+    it("simplified: the feature store is down and nothing is cached, one ranker over default features", async () => {
+      featureProxy.inject({ "*": { fail: Code.Unavailable } });
+      const metadata = await rungOf({ userId: "u000007", context: mobile });
+      expect(metadata).toMatchObject({ fallbackLevel: FallbackLevel.SIMPLIFIED, modelVersions: { "ranker-gbdt": "v1" } });
+      expect(metadata.fallbackReason).toMatch(/ranked by ranker-gbdt alone over default features/);
+    });
+
+    it("simplified within the deadline: the feature store is slow", async () => {
+      featureProxy.inject({ "*": { delayMs: 5000 } });
+      const metadata = await rungOf({ userId: "u000008", context: mobile }, 800);
+      expect(metadata.fallbackLevel).toBe(FallbackLevel.SIMPLIFIED);
+      expect(metadata.fallbackReason).toMatch(/features: DeadlineExceeded/);
+      expect(metadata.elapsedMs).toBeLessThan(800);
+    });
+
+    it("popular: retrieval cannot give candidates, its popular list still answers", async () => {
+      featureProxy.inject({});
+      retrievalProxy.inject({ GetCandidates: { fail: Code.Unavailable } });
+      const metadata = await rungOf({ userId: "u000009", context: mobile, bypassCache: true });
+      expect(metadata.fallbackLevel).toBe(FallbackLevel.POPULAR);
+      expect(metadata.fallbackReason).toMatch(/candidates: Unavailable/);
+    });
+
+    it("static: retrieval is down entirely, the catalogue's defaults answer", async () => {
+      retrievalProxy.inject({ "*": { fail: Code.Unavailable } });
+      const metadata = await rungOf({ userId: "u000011", context: mobile, bypassCache: true });
+      expect(metadata).toMatchObject({ fallbackLevel: FallbackLevel.STATIC, modelVersions: { catalog: "v1" } });
+      expect(metadata.fallbackReason).toMatch(/popular: Unavailable/);
+    });
+  });
+
+  it("sheds LOW with RESOURCE_EXHAUSTED and answers NORMAL from a cheaper rung when the queue backs up, while HIGH waits its turn", async () => {
+    const narrow = await start({ MAX_CONCURRENT: "1", SHED_QUEUE_DELAY_MS: "20" });
+    const narrowClient = createServiceClient(PredictionService, `127.0.0.1:${narrow.port}`);
+    retrievalProxy.inject({ GetCandidates: { delayMs: 200 } });
+    const ask = (userId: string, priority: Priority) => narrowClient.predict({ userId, context: mobile, bypassCache: true, priority }, { timeoutMs: 3000 });
+    const holder = ask("u000020", Priority.HIGH);
+    await new Promise((r) => setTimeout(r, 30));
+    const [low, normal, high] = await Promise.allSettled([ask("u000021", Priority.LOW), ask("u000022", Priority.NORMAL), ask("u000023", Priority.HIGH)]);
+    retrievalProxy.inject({});
+    expect((await holder).metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
+    expect(low.status === "rejected" && ConnectError.from(low.reason).code).toBe(Code.ResourceExhausted);
+    expect(normal.status === "fulfilled" && normal.value.metadata).toMatchObject({ fallbackLevel: FallbackLevel.STATIC, fallbackReason: "overloaded: shed by admission" });
+    expect(high.status === "fulfilled" && high.value.metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
+    await narrow.shutdown();
+  });
+
+  it("runs one computation for N identical concurrent requests", async () => {
+    retrievalProxy.inject({ GetCandidates: { delayMs: 150 } });
+    const before = retrievalProxy.calls.GetCandidates ?? 0;
+    const request = { userId: "u000012", context: mobile, bypassCache: true, priority: Priority.HIGH };
+    const responses = await Promise.all(Array.from({ length: 16 }, () => predict(request)));
+    retrievalProxy.inject({});
+    expect((retrievalProxy.calls.GetCandidates ?? 0) - before).toBe(1);
+    expect(new Set(responses.map((r) => JSON.stringify(r.predictions))).size).toBe(1);
+    expect(responses.every((r) => r.metadata!.fallbackLevel === FallbackLevel.PRIMARY)).toBe(true);
+  });
+
+  it("swaps in a new model version under load without failing or degrading a request", async () => {
+    const errors: unknown[] = [];
+    const rungs = new Set<FallbackLevel>();
+    const versions = new Set<string>();
+    let stop = false;
+    const worker = async (w: number) => {
+      for (let i = 0; !stop && i < 400; i++) {
+        try {
+          const response = await predict({ userId: `u0001${w}${i % 10}`, context: mobile, bypassCache: true, numPredictions: 5, modelVariant: "default" });
+          rungs.add(response.metadata!.fallbackLevel);
+          versions.add(response.metadata!.modelVersions["ranker-mlp"] ?? "");
+        } catch (err) {
+          errors.push(err);
+        }
+      }
+    };
+    const load = Promise.all([0, 1, 2, 3].map(worker));
+    await new Promise((r) => setTimeout(r, 300));
+    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8"]) {
+      cpSync(join(dir, "models", name, "v1"), join(dir, "models", name, "v2"), { recursive: true });
+    }
+    const reloaded = await client.reloadModels({}, admin);
+    expect(reloaded.modelVersions).toMatchObject({ "ranker-gbdt": "v2", "ranker-mlp": "v2", embeddings: "v1" });
+    await new Promise((r) => setTimeout(r, 300));
+    stop = true;
+    await load;
+    expect(errors).toEqual([]);
+    expect(rungs).toEqual(new Set([FallbackLevel.PRIMARY]));
+    expect(versions).toEqual(new Set(["v1", "v2"]));
+    expect((await predict({ userId: "u000013", context: mobile, modelVariant: "default" })).metadata!.modelVersions["ranker-mlp"]).toBe("v2");
+  });
+
+  it("serves a stale prediction at once and refreshes it in the background", async () => {
+    const quick = await start({ CACHE_FRESH_S: "1" });
+    const quickClient = createServiceClient(PredictionService, `127.0.0.1:${quick.port}`);
+    const request = { userId: "u000014", context: mobile, modelVariant: "default" };
+    const first = await quickClient.predict(request);
+    expect(first.metadata).toMatchObject({ cacheLevel: CacheLevel.MISS, stale: false });
+    await new Promise((r) => setTimeout(r, 1100));
+    const stale = await quickClient.predict(request);
+    expect(stale.metadata).toMatchObject({ cacheLevel: CacheLevel.L1, stale: true, fallbackLevel: FallbackLevel.PRIMARY });
+    expect(stale.predictions).toEqual(first.predictions);
+    await expect.poll(async () => (await quickClient.predict(request)).metadata!.stale).toBe(false);
+    await quick.shutdown();
+  });
+
+  it("precomputes L2 predictions for the most active users", async () => {
+    const config = loadPredictionConfig({
+      LOG_LEVEL: "silent",
+      REDIS_URL: redis.url,
+      MODELS_DIR: join(dir, "models"),
+      FEATURE_ADDR: featureProxy.address,
+      RETRIEVAL_ADDR: retrievalProxy.address,
+      DEFAULT_DEADLINE_MS: "3000",
+    });
+    const progress: number[] = [];
+    const summary = await precompute({ config, users: 3, devices: [Device.MOBILE, Device.DESKTOP], concurrency: 2, onProgress: (done) => progress.push(done) });
+    expect(summary).toMatchObject({ written: 6, degraded: 0 });
+    expect(progress).toEqual([1, 2, 3, 4, 5, 6]);
+    const top = summary.users[0]!;
+    // The most active user: the highest user_log_events in the materialised features.
+    const activity = readFileSync(join(ROOT, "models", "features", "v1", "user_features.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as { entity_id: string; values: { user_log_events: number } });
+    expect(top).toBe(activity.sort((a, b) => b.values.user_log_events - a.values.user_log_events)[0]!.entity_id);
+    const served = await predict({ userId: top, context: { device: Device.DESKTOP } });
+    expect(served.metadata!.cacheLevel).toBe(CacheLevel.L2);
+  });
+});
