@@ -1,7 +1,7 @@
 // Brings the mesh up on one machine without Docker: Redis (unless REDIS_URL is
 // given), every service instance from envoy/topology.ts with its Envoy sidecar, and
 // the edge Envoy. Used by `npm start`, the mesh tests and the end-to-end benchmark.
-import { existsSync, mkdirSync, openSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -107,6 +107,60 @@ async function waitEdgeHealthy(adminUrl: string, running: RunningInstance[], tim
   throw new Error(`edge does not see ${missing.join(", ")} healthy after ${timeoutMs} ms`);
 }
 
+/**
+ * The committed batch features are a snapshot from the training data's time range;
+ * their TTLs would have expired them long ago. npm start replays the snapshot as of
+ * now: every event_time shifted by the same amount, so the newest row is fresh.
+ */
+function rebasedCopy(file: string, outDir: string): string {
+  const lines = readFileSync(file, "utf8").split("\n").filter(Boolean);
+  const rows = lines.map((line) => JSON.parse(line) as { event_time: string });
+  const newest = Math.max(...rows.map((r) => Date.parse(r.event_time)));
+  const shift = Date.now() - newest;
+  const out = join(outDir, file.split("/").pop()!);
+  writeFileSync(out, rows.map((r) => JSON.stringify({ ...r, event_time: new Date(Date.parse(r.event_time) + shift).toISOString() })).join("\n") + "\n");
+  return out;
+}
+
+/** Loads the batch features and the catalogue's popular lists into Redis. */
+async function materialize(redisUrl: string, logDir: string): Promise<void> {
+  const dataDir = join(ROOT, ".run", "data");
+  mkdirSync(dataDir, { recursive: true });
+  const features = join(ROOT, "models", "features", "v1");
+  const jobs: [string, string[]][] = [
+    [rebasedCopy(join(features, "user_features.jsonl"), dataDir), []],
+    [rebasedCopy(join(features, "item_features.jsonl"), dataDir), []],
+    [join(ROOT, "models", "catalog", "v1", "items.jsonl"), ["--view", "catalog"]],
+  ];
+  for (const [file, extra] of jobs) {
+    const log = openSync(join(logDir, "materialize.log"), "a");
+    const child = spawn("node", ["--import", "tsx", join(ROOT, "services", "feature", "materialize.ts"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log] });
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    if (code !== 0) throw new Error(`materializing ${file} failed (exit ${code}); see ${join(logDir, "materialize.log")}`);
+  }
+}
+
+async function waitRedis(url: string, timeoutMs: number): Promise<void> {
+  const { Redis } = await import("ioredis");
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const deadline = Date.now() + timeoutMs;
+  try {
+    while (Date.now() < deadline) {
+      try {
+        if (redis.status !== "ready") await redis.connect();
+        await redis.ping();
+        return;
+      } catch {
+        redis.disconnect();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    throw new Error(`Redis at ${url} not answering after ${timeoutMs} ms`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const logDir = options.logDir ?? join(ROOT, ".run", "logs");
   mkdirSync(logDir, { recursive: true });
@@ -128,6 +182,10 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   }
 
   const wanted = new Set(options.only ?? availableServices());
+  // Data loads while the services start; readiness waits for both.
+  const url = redisUrl;
+  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(url, logDir)) : Promise.resolve();
+  dataReady.catch(() => undefined);
   const running: RunningInstance[] = [];
   const appEnv = new Map<string, Record<string, string>>();
   for (const { service: spec, version, id } of instances) {
@@ -179,6 +237,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   };
   try {
     const timeout = options.readyTimeoutMs ?? 90_000;
+    await dataReady;
     await Promise.all(
       running.map(async (i) => {
         await waitServing(`127.0.0.1:${i.appPort}`, "", timeout);
