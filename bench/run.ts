@@ -30,7 +30,6 @@ if (suites.length === 0) {
   process.exit(2);
 }
 
-const previous: SuiteResult[] = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")).suites ?? []) : [];
 const fresh: SuiteResult[] = [];
 for (const suite of suites) {
   console.log(`\n== ${suite.name}`);
@@ -40,6 +39,8 @@ for (const suite of suites) {
   fresh.push({ suite: suite.name, measured_at: new Date().toISOString(), scenarios, ratios });
 }
 
+// Read at the end, not the start, so suites run at the same time do not drop each other's results.
+const previous: SuiteResult[] = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")).suites ?? []) : [];
 const merged = [...previous.filter((p) => !fresh.some((f) => f.suite === p.suite)), ...fresh].sort((a, b) => a.suite.localeCompare(b.suite));
 const output = {
   machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? "unknown", memory_gib: Math.round(totalmem() / 2 ** 30), node: process.version, platform: process.platform },

@@ -1,0 +1,112 @@
+import { Redis } from "ioredis";
+import type { Logger } from "../kit/index.js";
+import type { CatalogItem } from "./artifacts.js";
+import { popularFallbacks } from "./metrics.js";
+
+export type ListKind = "popular" | "trending";
+
+/** The overall list's category name in keys and in the static lists. */
+export const ALL_CATEGORIES = "all";
+
+export interface RankedItem {
+  itemId: string;
+  score: number;
+}
+
+export interface ListRequest {
+  kind: ListKind;
+  /** A category, or ALL_CATEGORIES. */
+  category: string;
+}
+
+export interface RankedList extends ListRequest {
+  items: RankedItem[];
+  /** Why the list came from the catalogue instead of Redis, when it did. */
+  fallback?: "redis_unavailable" | "empty";
+}
+
+/** The feature service's key for a list (the contract between the two services). */
+export function listKey({ kind, category }: ListRequest): string {
+  return `recsys:${kind}:${category}`;
+}
+
+/** The catalogue's popularity per category and overall, best first: the lists' fallback. */
+export function staticPopularity(catalog: readonly CatalogItem[]): Map<string, RankedItem[]> {
+  const lists = new Map<string, RankedItem[]>([[ALL_CATEGORIES, []]]);
+  for (const item of catalog) {
+    const ranked = { itemId: item.itemId, score: item.popularity };
+    lists.get(ALL_CATEGORIES)!.push(ranked);
+    if (!lists.has(item.category)) lists.set(item.category, []);
+    lists.get(item.category)!.push(ranked);
+  }
+  for (const list of lists.values()) list.sort((a, b) => b.score - a.score || (a.itemId < b.itemId ? -1 : 1));
+  return lists;
+}
+
+/**
+ * Popular and trending lists: Redis sorted sets the feature service maintains
+ * (recsys:<popular|trending>:<category|all>, higher score first), read in one
+ * pipelined round trip. When Redis is down, slow or a list is empty, that list comes
+ * from the catalogue's static popularity instead: a degraded answer, never an error.
+ */
+export class PopularLists {
+  private readonly redis: Redis;
+  private redisDown = false;
+
+  constructor(
+    redisUrl: string,
+    timeoutMs: number,
+    private readonly fallback: Map<string, RankedItem[]>,
+    private readonly log: Logger,
+  ) {
+    this.redis = new Redis(redisUrl, {
+      // Fail fast while disconnected instead of queueing: the fallback answers at once.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: timeoutMs,
+      retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
+    });
+    this.redis.on("error", () => undefined); // failures are reported per read, below
+    this.redis.on("ready", () => {
+      if (this.redisDown) this.log.info("redis is back: popular lists come from it again");
+      this.redisDown = false;
+    });
+  }
+
+  /** Up to `count` items of each list, best first, in request order. */
+  async read(requests: readonly ListRequest[], count: number): Promise<RankedList[]> {
+    let replies: ([Error | null, unknown] | undefined)[] = [];
+    let failure: Error | undefined;
+    try {
+      const pipeline = this.redis.pipeline();
+      for (const request of requests) pipeline.zrevrange(listKey(request), 0, count - 1, "WITHSCORES");
+      replies = (await pipeline.exec()) ?? [];
+    } catch (err) {
+      failure = err as Error;
+    }
+    return requests.map((request, i) => {
+      const [err, reply] = replies[i] ?? [failure ?? new Error("no reply"), undefined];
+      if (err) return this.fromCatalog(request, count, "redis_unavailable", err);
+      const flat = reply as string[];
+      if (flat.length === 0) return this.fromCatalog(request, count, "empty");
+      const items: RankedItem[] = [];
+      for (let j = 0; j + 1 < flat.length; j += 2) items.push({ itemId: flat[j]!, score: Number(flat[j + 1]) });
+      return { ...request, items };
+    });
+  }
+
+  close(): void {
+    this.redis.disconnect();
+  }
+
+  private fromCatalog(request: ListRequest, count: number, reason: "redis_unavailable" | "empty", err?: Error): RankedList {
+    popularFallbacks.inc({ kind: request.kind, reason });
+    if (reason === "redis_unavailable" && !this.redisDown) {
+      this.redisDown = true;
+      this.log.warn({ err: err?.message }, "redis unavailable: popular lists fall back to the catalogue's static popularity");
+    } else if (reason === "empty") {
+      this.log.debug({ key: listKey(request) }, "empty list: using the catalogue's static popularity");
+    }
+    return { ...request, items: (this.fallback.get(request.category) ?? []).slice(0, count), fallback: reason };
+  }
+}
