@@ -167,7 +167,9 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
       context.with(trace.setSpan(context.active(), span), () => {
         run(call, ctx).then(
           (value) => done(undefined, value),
-          (reason: unknown) => done(asConnectError(reason), undefined),
+          // A handler that stopped because the caller cancelled or its deadline passed
+          // reports that, not an INTERNAL error with an AbortError's stack.
+          (reason: unknown) => done(ctx.signal.aborted ? ConnectError.from(ctx.signal.reason) : asConnectError(reason), undefined),
         );
       });
     };
