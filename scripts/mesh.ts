@@ -128,8 +128,8 @@ async function materialize(redisUrl: string, logDir: string): Promise<void> {
   mkdirSync(dataDir, { recursive: true });
   const features = join(ROOT, "models", "features", "v1");
   const jobs: [string, string[]][] = [
-    [rebasedCopy(join(features, "user_features.jsonl"), dataDir), []],
-    [rebasedCopy(join(features, "item_features.jsonl"), dataDir), []],
+    [rebasedCopy(join(features, "user_features.jsonl"), dataDir), ["--view", "user_profile"]],
+    [rebasedCopy(join(features, "item_features.jsonl"), dataDir), ["--view", "item_profile"]],
     [join(ROOT, "models", "catalog", "v1", "items.jsonl"), ["--view", "catalog"]],
   ];
   for (const [file, extra] of jobs) {

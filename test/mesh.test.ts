@@ -1,9 +1,12 @@
-// The mesh through the real Envoy edge and sidecars, checked by behaviour and by
-// Envoy's own stats. One file, because the local mesh listens on fixed ports (do
-// not run it while `npm start` is up).
+// The whole mesh, as `npm start` runs it, through the real Envoy edge and sidecars,
+// checked by behaviour and by Envoy's own stats. One file, because the local mesh
+// listens on fixed ports (do not run it while `npm start` is up).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { EchoService } from "../gen/recsys/echo/v1/echo_pb.js";
+import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
+import { runCanary } from "../scripts/canary.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { setRuntime, stat } from "../scripts/envoy-admin.js";
 import { startMesh, type Mesh } from "../scripts/mesh.js";
@@ -14,12 +17,35 @@ let mesh: Mesh;
 let echoAdmin: string;
 
 beforeAll(async () => {
-  mesh = await startMesh({ only: ["echo"], env: { LOG_LEVEL: "warn" } });
+  mesh = await startMesh({ env: { LOG_LEVEL: "warn" } });
   echoAdmin = `http://127.0.0.1:${mesh.instances.find((i) => i.service === "echo")!.sidecarAdminPort}`;
 });
 afterAll(() => mesh?.stop());
 
 const echo = () => createServiceClient(EchoService, mesh.edge);
+const prediction = () => createServiceClient(PredictionService, mesh.edge);
+const sidecarAdmin = (id: string) => `http://127.0.0.1:${mesh.instances.find((i) => i.id === id)!.sidecarAdminPort}`;
+const metricsUrl = (id: string) => `http://127.0.0.1:${mesh.instances.find((i) => i.id === id)!.metricsPort}/metrics`;
+
+/** Which prediction version answered each of n calls (x-service-version header); 50 users, so mostly cached. */
+async function versions(n: number, headers: Record<string, string> = {}, concurrency = 20): Promise<Map<string, number>> {
+  const client = prediction();
+  const counts = new Map<string, number>();
+  for (let done = 0; done < n; done += concurrency) {
+    await Promise.all(
+      Array.from({ length: Math.min(concurrency, n - done) }, async (_, i) => {
+        let version = "none";
+        await client.predict({ userId: `u${String(((done + i) % 50) + 1).padStart(6, "0")}`, numPredictions: 5 }, { headers, onHeader: (h) => (version = h.get("x-service-version") ?? "none") });
+        counts.set(version, (counts.get(version) ?? 0) + 1);
+      }),
+    );
+  }
+  return counts;
+}
+
+async function weights(v1: number, v2: number) {
+  await setRuntime(mesh.edgeAdmin, { "routing.prediction.prediction-v1": v1, "routing.prediction.prediction-v2": v2 });
+}
 const codeOf = (e: unknown) => ConnectError.from(e).code;
 
 async function chaos(values: Record<string, number>) {
@@ -110,5 +136,129 @@ describe("edge and sidecar path", () => {
     }
     // Ejection ends after base_ejection_time; the health checks see it SERVING.
     expect(await echoReachable()).toBe(true);
+  });
+});
+
+describe("prediction through the edge", () => {
+  it("answers Predict over gRPC (grpcurl, reflection), and health says SERVING", async () => {
+    const list = await runCommand(tool("grpcurl"), ["-plaintext", mesh.edge, "list"]);
+    expect(list.stdout).toContain("recsys.prediction.v1.PredictionService");
+    const call = await runCommand(tool("grpcurl"), ["-plaintext", "-d", '{"user_id":"u000001","num_predictions":5}', mesh.edge, "recsys.prediction.v1.PredictionService/Predict"]);
+    expect(call.code, call.stderr).toBe(0);
+    const answer = JSON.parse(call.stdout);
+    expect(answer.predictions).toHaveLength(5);
+    expect(answer.metadata.fallbackLevel).toBe("FALLBACK_LEVEL_PRIMARY");
+    const health = await runCommand(tool("grpc-health-probe"), [`-addr=${mesh.edge}`]);
+    expect(health.stdout + health.stderr).toContain("status: SERVING");
+    expect(health.code).toBe(0);
+  });
+
+  it("serves browsers: a Connect JSON request and a gRPC-web request reach Predict", async () => {
+    const res = await fetch(`http://${mesh.edge}/recsys.prediction.v1.PredictionService/Predict`, {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: "http://localhost:3000" },
+      body: JSON.stringify({ userId: "u000002", numPredictions: 3 }),
+    });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("access-control-allow-origin")).toBe("http://localhost:3000");
+    expect((await res.json()).predictions).toHaveLength(3);
+    const web = createClient(PredictionService, createGrpcWebTransport({ baseUrl: `http://${mesh.edge}`, httpVersion: "1.1" }));
+    const answer = await web.predict({ userId: "u000003", numPredictions: 4 });
+    expect(answer.predictions).toHaveLength(4);
+  });
+
+  it("answers bad input with INVALID_ARGUMENT through the edge, not a fallback", async () => {
+    const err = await prediction().predict({ userId: "", numPredictions: 5 }).catch((e: unknown) => ConnectError.from(e));
+    expect((err as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((err as ConnectError).rawMessage).toContain("user_id");
+  });
+
+  it("splits 90/10 by runtime weight within 3 points over 2,000 calls, and the change needs no restart", async () => {
+    await weights(90, 10);
+    try {
+      const counts = await versions(2000);
+      expect(((counts.get("v2") ?? 0) / 2000) * 100).toBeGreaterThan(7);
+      expect(((counts.get("v2") ?? 0) / 2000) * 100).toBeLessThan(13);
+      await weights(0, 100);
+      expect(await versions(100)).toEqual(new Map([["v2", 100]]));
+    } finally {
+      await weights(100, 0);
+    }
+  });
+
+  it("always sends x-canary: v2 to v2, whatever the weights", async () => {
+    expect(await versions(100, { "x-canary": "v2" })).toEqual(new Map([["v2", 100]]));
+  });
+
+  describe("canary controller", () => {
+    /** Background Predict load through the edge until stopped. */
+    function load() {
+      let running = true;
+      const client = prediction();
+      const loops = Array.from({ length: 6 }, async (_, w) => {
+        for (let i = 0; running; i++) await client.predict({ userId: `u${String(((w * 997 + i) % 2000) + 1).padStart(6, "0")}`, numPredictions: 5 }).catch(() => undefined);
+      });
+      return async () => {
+        running = false;
+        await Promise.all(loops);
+      };
+    }
+    const options = () => ({
+      edgeAdmin: mesh.edgeAdmin,
+      steps: [25, 50],
+      intervalMs: 3000,
+      maxErrorRate: 0.02,
+      maxLatencyRatio: 20,
+      maxFallbackIncrease: 0.2,
+      minRequests: 20,
+      metricsUrls: { v1: metricsUrl("prediction-v1"), v2: metricsUrl("prediction-v2") },
+      log: () => undefined,
+    });
+
+    it("rolls back a v2 that fails requests, at once", async () => {
+      await setRuntime(sidecarAdmin("prediction-v2"), { "chaos.abort_percent": 30, "chaos.abort_grpc_status": 13 });
+      const stop = load();
+      try {
+        const result = await runCanary(options());
+        expect(result.outcome).toBe("rolled_back");
+        // Either the error rate breached, or the edge ejected v2 for its errors first.
+        expect(result.reason).toMatch(/error rate|no healthy instance/);
+      } finally {
+        await stop();
+        await setRuntime(sidecarAdmin("prediction-v2"), { "chaos.abort_percent": 0 });
+      }
+      expect(await stat(mesh.edgeAdmin, "runtime.admin_overrides_active")).toBeGreaterThan(0);
+      expect(await versions(60)).toEqual(new Map([["v1", 60]]));
+    });
+
+    it("promotes a healthy v2 to all traffic", async () => {
+      // After the drill above, v2 may still be ejected for a few seconds.
+      const deadline = Date.now() + 30_000;
+      while ((await stat(mesh.edgeAdmin, "cluster.prediction-v2.membership_healthy")) < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+      const stop = load();
+      try {
+        const result = await runCanary(options());
+        expect(result.outcome, result.reason).toBe("promoted");
+        expect(result.steps.map((s) => s.weight)).toEqual([25, 50]);
+      } finally {
+        await stop();
+      }
+      expect(await versions(60)).toEqual(new Map([["v2", 60]]));
+      await weights(100, 0);
+    });
+  });
+
+  it("keeps answering when a dependency is killed: the ladder degrades, the caller sees no error", async () => {
+    await mesh.killApp("feature");
+    try {
+      const client = prediction();
+      const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => client.predict({ userId: `u${String(i + 500).padStart(6, "0")}`, numPredictions: 5, bypassCache: true })));
+      for (const a of answers) {
+        expect(a.predictions.length).toBe(5);
+        expect(a.metadata?.fallbackLevel).not.toBe(FallbackLevel.PRIMARY);
+      }
+    } finally {
+      await mesh.restartApp("feature");
+    }
   });
 });
