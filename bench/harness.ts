@@ -113,7 +113,9 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
     "-z", `${options.durationS}s`,
     "--connections", String(options.connections ?? Math.min(options.concurrency, 4)),
     "--format", "json",
-    "--skipFirst", "100",
+    // Drop the first half second (connection set-up), not a fixed count that would
+    // swallow most of a low-rate run.
+    "--skipFirst", String(options.rps ? Math.ceil(options.rps / 2) : 100),
     "--duration-stop", "wait",
     ...(options.rps ? ["--rps", String(options.rps)] : []),
     ...(options.metadata ? ["-m", JSON.stringify(options.metadata)] : []),

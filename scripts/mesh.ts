@@ -21,6 +21,8 @@ export interface MeshOptions {
   env?: Record<string, string>;
   /** Extra env per instance id ("prediction-v2"). */
   instanceEnv?: Record<string, Record<string, string>>;
+  /** Extra node flags per instance id, e.g. ["--cpu-prof"] for profiling. */
+  instanceNodeArgs?: Record<string, string[]>;
   logDir?: string;
   /** How long to wait for every instance to report SERVING. */
   readyTimeoutMs?: number;
@@ -182,6 +184,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   }
 
   const wanted = new Set(options.only ?? availableServices());
+  // Envoy worker threads (default: one per core); SIDECAR_THREADS / EDGE_THREADS tune it.
+  const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
   const url = redisUrl;
   const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(url, logDir)) : Promise.resolve();
@@ -207,11 +211,11 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       ...options.instanceEnv?.[id],
     };
     appEnv.set(id, env);
-    const app = launch(id, "node", ["--import", "tsx", serverEntry(spec.name)], env);
-    const sidecar = launch(`envoy-${id}`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn"]);
+    const app = launch(id, "node", ["--import", "tsx", ...(options.instanceNodeArgs?.[id] ?? []), serverEntry(spec.name)], env);
+    const sidecar = launch(`envoy-${id}`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn", ...threads(process.env.SIDECAR_THREADS)]);
     running.push({ id, service: spec.name, version, ...ports, app, sidecar });
   }
-  launch("envoy-edge", tool("envoy"), ["-c", join(ROOT, "envoy", "local", "edge.yaml"), "--disable-hot-restart", "-l", "warn"]);
+  launch("envoy-edge", tool("envoy"), ["-c", join(ROOT, "envoy", "local", "edge.yaml"), "--disable-hot-restart", "-l", "warn", ...threads(process.env.EDGE_THREADS)]);
 
   const stop = async () => {
     await Promise.all(children.map((c) => stopChild(c)));

@@ -29,6 +29,11 @@ export function checkTimeZone(timeZone: string, field: string): void {
 /** Local time of day in hours [0, 24) of the request (its timestamp, or now) in its time zone. */
 function localHour(context: RequestContext | undefined, nowMs = Date.now()): number {
   const at = context?.timestamp ? timestampMs(context.timestamp) : nowMs;
+  if (!context?.timeZone) {
+    // UTC, the common case: plain arithmetic, no Intl formatting on the hot path.
+    const date = new Date(at);
+    return date.getUTCHours() + date.getUTCMinutes() / 60;
+  }
   const format = hourFormat(context?.timeZone ?? "") ?? hourFormat("")!;
   const parts = format.formatToParts(new Date(at));
   const hour = Number(parts.find((p) => p.type === "hour")!.value);
