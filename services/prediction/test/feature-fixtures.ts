@@ -27,9 +27,11 @@ function featureRows(file: string, viewName: string, entityType: EntityType): Me
         const kind =
           feature.type === "double"
             ? { case: "doubleValue" as const, value: value as number }
-            : feature.type === "string"
-              ? { case: "stringValue" as const, value: value as string }
-              : { case: "doubleMap" as const, value: { values: value as Record<string, number> } };
+            : feature.type === "int64"
+              ? { case: "int64Value" as const, value: BigInt(value as number) }
+              : feature.type === "string"
+                ? { case: "stringValue" as const, value: value as string }
+                : { case: "doubleMap" as const, value: { values: value as Record<string, number> } };
         typed[feature.name] = { kind } as FeatureRow["values"][string];
       }
       return { entityType, entityId: entity_id, featureView: viewName, values: typed, eventTime };
