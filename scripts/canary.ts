@@ -63,8 +63,12 @@ async function fallbackCounts(url: string): Promise<{ fallback: number; total: n
   return { fallback, total };
 }
 
-async function v2Healthy(edgeAdmin: string): Promise<boolean> {
-  return ((await stats(edgeAdmin, "^cluster\\.prediction-v2\\.membership_healthy$")).get("cluster.prediction-v2.membership_healthy") ?? 0) > 0;
+/** True when the edge has a v2 instance that passes health checks and is not ejected. */
+export async function v2Healthy(edgeAdmin: string): Promise<boolean> {
+  const s = await stats(edgeAdmin, "^cluster\\.prediction-v2\\.(membership_healthy|outlier_detection\\.ejections_active)$");
+  const healthy = s.get("cluster.prediction-v2.membership_healthy") ?? 0;
+  const ejected = s.get("cluster.prediction-v2.outlier_detection.ejections_active") ?? 0;
+  return healthy - ejected > 0;
 }
 
 export async function runCanary(o: CanaryOptions): Promise<CanaryResult> {

@@ -163,6 +163,24 @@ async function waitRedis(url: string, timeoutMs: number): Promise<void> {
   }
 }
 
+/**
+ * A few Predict calls per prediction version through the edge before the mesh is
+ * declared up: the first calls on a cold mesh open connections through every sidecar
+ * and JIT-compile the hot paths, and would otherwise land on a fallback rung.
+ */
+async function warmUp(mesh: Mesh): Promise<void> {
+  const versions = mesh.instances.filter((i) => i.service === "prediction").map((i) => i.version);
+  if (versions.length === 0) return;
+  const { PredictionService } = await import("../gen/recsys/prediction/v1/prediction_pb.js");
+  const client = createClient(PredictionService, createGrpcTransport({ baseUrl: `http://${mesh.edge}` }));
+  for (const version of versions) {
+    for (let i = 0; i < 10; i++) {
+      const userId = `warmup-${i}`;
+      await client.predict({ userId, numPredictions: 10, bypassCache: true }, { headers: { "x-canary": version }, timeoutMs: 5000 }).catch(() => undefined);
+    }
+  }
+}
+
 export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const logDir = options.logDir ?? join(ROOT, ".run", "logs");
   mkdirSync(logDir, { recursive: true });
@@ -250,6 +268,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       }),
     );
     await waitEdgeHealthy(mesh.edgeAdmin, running, timeout);
+    await warmUp(mesh);
   } catch (err) {
     await stop();
     throw new Error(`${(err as Error).message}\nlogs: ${logDir}`);
