@@ -11,30 +11,10 @@ import * as vega from "vega";
 import { compile } from "vega-lite";
 import { startMesh, type Mesh } from "../scripts/mesh.js";
 import { ROOT } from "../scripts/tools.js";
-import { ghz, ratio, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.E2E_SECONDS ?? 6);
 const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split(",").map(Number);
-
-/** Zipf(s) sampler over n ranks, deterministic by seed. */
-function zipfSampler(n: number, s: number, seed: number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / k ** s;
-  let state = seed >>> 0;
-  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
-  return () => {
-    const u = random() * sum;
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (cdf[mid]! < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
 
 function userIds(): string[] {
   const file = join(ROOT, "models", "embeddings", "v1", "user_ids.txt");

@@ -154,3 +154,23 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
 export function ratio(name: string, value: number, target: string, pass: boolean): Ratio {
   return { name, value: Math.round(value * 1000) / 1000, target, pass };
 }
+
+/** Zipf(s) sampler over n ranks, deterministic by seed. */
+export function zipfSampler(n: number, s: number, seed: number): () => number {
+  const cdf = new Float64Array(n);
+  let sum = 0;
+  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / k ** s;
+  let state = seed >>> 0;
+  const random = () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => {
+    const u = random() * sum;
+    let lo = 0;
+    let hi = n - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (cdf[mid]! < u) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+}

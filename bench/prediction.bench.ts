@@ -24,31 +24,11 @@ import { loadPredictionConfig } from "../services/prediction/config.js";
 import { WorkerModel } from "../services/prediction/inference.js";
 import { seedBatchFeatures } from "../services/prediction/test/feature-fixtures.js";
 import { startRedis } from "../test/support/redis.js";
-import { measure, ratio, summarize, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
+import { measure, ratio, summarize, zipfSampler, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.PREDICTION_BENCH_SECONDS ?? 8);
 const ADMIN_TOKEN = "bench-admin-token";
 const durationMs = seconds * 1000;
-
-/** Zipf(s) ranks over n, deterministic by seed. */
-function zipfSampler(n: number, s: number, seed: number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / k ** s;
-  let state = seed >>> 0;
-  const random = () => (state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 2 ** 32;
-  return () => {
-    const u = random() * sum;
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (cdf[mid]! < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
 
 /** User ids, most active first (user_log_events of the committed batch features). */
 function usersByActivity(): string[] {

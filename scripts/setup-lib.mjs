@@ -1,0 +1,54 @@
+// Helpers shared by the setup scripts (setup.mjs, install-k8s-tools.mjs): where the
+// tools go, running commands, stamp files that make a second run quiet, and building a
+// pinned Go tool from the module cache.
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const tools = join(root, ".tools");
+export const bin = join(tools, "bin");
+export const venv = join(tools, "venv");
+
+export const say = (msg) => console.log(`setup: ${msg}`);
+
+export function onPath(cmd) {
+  return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).stdout.trim() || undefined;
+}
+
+export function run(cmd, args, opts = {}) {
+  const result = spawnSync(cmd, args, { encoding: "utf8", ...opts });
+  if (result.status !== 0) {
+    const out = `${result.stdout ?? ""}${result.stderr ?? ""}`.trim().split("\n").slice(-5).join("\n");
+    throw new Error(`${cmd} ${args.join(" ")} failed:\n${out || result.error?.message}`);
+  }
+  return result.stdout;
+}
+
+/** A stamp records what was installed; a changed pin reinstalls. */
+export function stamped(name, value) {
+  const file = join(tools, `.${name}.stamp`);
+  return existsSync(file) && readFileSync(file, "utf8") === value;
+}
+
+export function stamp(name, value) {
+  writeFileSync(join(tools, `.${name}.stamp`), value);
+}
+
+/**
+ * Downloads the pinned module and builds one of its packages from the module cache
+ * into .tools/bin. (`go install pkg@version` also asks the proxy for the module's
+ * version list, which some proxies refuse for modules they serve at a pinned version.)
+ */
+export function goBuild(name, module, pkg) {
+  const spec = `${module} ${pkg}`;
+  if (stamped(name, spec) && existsSync(join(bin, name))) return;
+  const go = onPath("go");
+  if (!go) throw new Error(`${name}: Go is not installed, so ${module} cannot be built (install Go 1.26+ and rerun npm run setup)`);
+  say(`building ${name} (${module})`);
+  const { Dir, Error: error } = JSON.parse(run(go, ["mod", "download", "-json", module]));
+  if (error) throw new Error(`${name}: ${error}`);
+  run(go, ["build", "-o", join(bin, name), pkg], { cwd: Dir, env: { ...process.env, GOFLAGS: "-mod=mod", GOWORK: "off" }, timeout: 600_000 });
+  stamp(name, spec);
+}
