@@ -24,9 +24,10 @@ ${rows.join("\n")}
   logs                            ${mesh.logDir}
 
 Try it:
-  ${grpcurl} -plaintext -d '{"message":"hello"}' ${mesh.edge} recsys.echo.v1.EchoService/Echo
+  ${grpcurl} -plaintext -import-path proto -proto recsys/echo/v1/echo.proto -d '{"message":"hello"}' ${mesh.edge} recsys.echo.v1.EchoService/Echo
 ${hasPrediction ? `  ${grpcurl} -plaintext -d '{"user_id":"u000001","num_predictions":5}' ${mesh.edge} recsys.prediction.v1.PredictionService/Predict
   ${grpcurl} -plaintext ${mesh.edge} list
+  ${tool("grpc-health-probe")} -addr=${mesh.edge}
   curl -s -H 'content-type: application/json' -d '{"userId":"u000001"}' http://${mesh.edge}/recsys.prediction.v1.PredictionService/Predict
 ` : ""}  ${ghz} --insecure --import-paths proto --proto recsys/echo/v1/echo.proto --call recsys.echo.v1.EchoService.Echo -d '{"message":"hi"}' -c 50 -z 10s ${mesh.edge}
   curl -s ${mesh.edgeAdmin}/stats?filter=cluster.*upstream_rq_total
