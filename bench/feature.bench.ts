@@ -1,7 +1,7 @@
 // `npm run bench -- feature`: the feature service (its own process, in-process
 // aggregator, real Redis) against raw ioredis.
 //   - GetOnlineFeatures for 1 user + 200 items (Zipf 1.1 over 1,000 users and 10,000
-//     items), every feature of the four entity views (~16 per item, ~20 per user),
+//     items), 16 features per item and every user feature (26),
 //     side by side with one raw ioredis pipeline reading the same keys; with the
 //     hot-entity cache (default) and without.
 //   - Ingest -> visible: 5,000 events/s offered through IngestEvents while probe
@@ -17,7 +17,7 @@ import { startRedis } from "../test/support/redis.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { recentKey, rowKey, stateKey } from "../services/feature/keys.js";
 import { connectRedis, waitUntilReady, type RedisClient } from "../services/feature/redis.js";
-import { measure, ratio, summarize, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { measure, percentile, ratio, summarize, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
 const concurrency = Number(process.env.FEATURE_BENCH_CONCURRENCY ?? 8);
@@ -46,6 +46,14 @@ function zipf(n: number, s: number, seed: number): () => number {
     return lo;
   };
 }
+
+/** Every user feature, and 16 per item: the 8 batch ones and 8 of the stream view. */
+const FEATURE_REFS = [
+  "user_profile",
+  "user_stream",
+  "item_profile",
+  ...["events_15m", "events_1h", "events_24h", "views_1h", "clicks_1h", "ctr_1h", "trending_score", "seconds_since_last_event"].map((f) => `item_stream:${f}`),
+];
 
 interface ReadRequest {
   user: string;
@@ -148,7 +156,7 @@ async function readScenarios(name: string, address: string, requests: ReadReques
   const client = createServiceClient(FeatureService, address);
   const call = (i: number) => {
     const request = requests[i % requests.length]!;
-    return client.getOnlineFeatures({ userIds: [request.user], itemIds: request.items });
+    return client.getOnlineFeatures({ userIds: [request.user], itemIds: request.items, featureRefs: FEATURE_REFS });
   };
   const sample = await call(0);
   const features = Object.keys(sample.items[0]!.features).length;
@@ -165,6 +173,7 @@ async function ingestToVisible(address: string, rate: number, durationMs: number
   const latencies: number[] = [];
   const polls: Promise<void>[] = [];
   const ingests: Promise<void>[] = [];
+  const ingestMs: number[] = [];
   let errors = 0;
   let sent = 0;
   const tickMs = 20;
@@ -184,7 +193,10 @@ async function ingestToVisible(address: string, rate: number, durationMs: number
     }
     const sentAt = performance.now();
     const ingest = client.ingestEvents({ events }).then(
-      () => void (sent += events.length),
+      () => {
+        sent += events.length;
+        ingestMs.push(performance.now() - sentAt);
+      },
       () => void errors++,
     );
     ingests.push(ingest);
@@ -210,7 +222,14 @@ async function ingestToVisible(address: string, rate: number, durationMs: number
   const sendingMs = performance.now() - started;
   await Promise.all([...ingests, ...polls]);
   const accepted = Math.round((sent / sendingMs) * 1000);
-  const result = summarize(`ingest -> visible at ${rate} events/s`, latencies, sendingMs, errors, { offered_events_per_s: rate, accepted_events_per_s: accepted, probes: latencies.length });
+  const ingestSorted = ingestMs.sort((a, b) => a - b);
+  const result = summarize(`ingest -> visible at ${rate} events/s`, latencies, sendingMs, errors, {
+    offered_events_per_s: rate,
+    accepted_events_per_s: accepted,
+    probes: latencies.length,
+    ingest_rpc_p50_ms: Math.round(percentile(ingestSorted, 50) * 10) / 10,
+    ingest_rpc_p99_ms: Math.round(percentile(ingestSorted, 99) * 10) / 10,
+  });
   // summarize's qps counts probes; the scenario's rate is the events accepted per second.
   return { ...result, qps: accepted };
 }

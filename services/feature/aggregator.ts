@@ -250,7 +250,8 @@ export class Aggregator {
     streamPending.set(labels, pending[0]);
     streamLag.set(labels, Number(group.lag ?? 0));
     const safe = pending[0] > 0 ? pending[1]! : String(group["last-delivered-id"]);
-    if (safe !== "0-0") await redis.xtrim(key, "MINID", "~", safe);
+    // Approximate (whole stream nodes), without the default cap of 10,000 entries per call.
+    if (safe !== "0-0") await redis.xtrim(key, "MINID", "~", safe, "LIMIT", 0);
   }
 }
 
