@@ -17,7 +17,7 @@ import { startRedis } from "../test/support/redis.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { recentKey, rowKey, stateKey } from "../services/feature/keys.js";
 import { connectRedis, waitUntilReady, type RedisClient } from "../services/feature/redis.js";
-import { measure, percentile, ratio, summarize, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { measure, percentile, ratio, summarize, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
 const concurrency = Number(process.env.FEATURE_BENCH_CONCURRENCY ?? 8);
@@ -26,26 +26,6 @@ const USERS = Array.from({ length: 1_000 }, (_, i) => `u${String(i + 1).padStart
 const ITEMS = Array.from({ length: 10_000 }, (_, i) => `i${String(i + 1).padStart(6, "0")}`);
 const CATEGORIES = Array.from({ length: 20 }, (_, i) => `c${String(i).padStart(2, "0")}`);
 const TYPES = [EventType.IMPRESSION, EventType.IMPRESSION, EventType.IMPRESSION, EventType.VIEW, EventType.CLICK, EventType.ADD_TO_CART, EventType.PURCHASE];
-
-/** Deterministic Zipf(s) sampler over n ranks. */
-function zipf(n: number, s: number, seed: number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let k = 1; k <= n; k++) cdf[k - 1] = sum += 1 / k ** s;
-  let state = seed >>> 0;
-  return () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    const u = (state / 2 ** 32) * sum;
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (cdf[mid]! < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
 
 /** Every user feature, and 16 per item: the 8 batch ones and 8 of the stream view. */
 const FEATURE_REFS = [
@@ -61,8 +41,8 @@ interface ReadRequest {
 }
 
 function readRequests(count: number): ReadRequest[] {
-  const user = zipf(USERS.length, 1.1, 7);
-  const item = zipf(ITEMS.length, 1.1, 11);
+  const user = zipfSampler(USERS.length, 1.1, 7);
+  const item = zipfSampler(ITEMS.length, 1.1, 11);
   return Array.from({ length: count }, () => {
     const items = new Set<string>();
     while (items.size < 200) items.add(ITEMS[item()]!);
