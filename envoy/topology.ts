@@ -116,16 +116,42 @@ export interface Ports {
 const index = (name: string) => services.findIndex((s) => s.name === name);
 const slot = (service: string, version: string) => index(service) * 10 + services[index(service)]!.versions.indexOf(version);
 
+// Every local port sits below 32768: Linux hands out ephemeral source ports from
+// 32768-60999 (IANA: 49152-65535), and a listener there can find its port taken by
+// some outgoing connection made during start-up.
 export const localPorts: Ports = {
   edge: Number(process.env.EDGE_PORT ?? 8080),
   edgeAdmin: Number(process.env.EDGE_ADMIN_PORT ?? 9901),
-  app: (s, v) => 50100 + slot(s, v),
-  appConnect: (s, v) => 50200 + slot(s, v),
-  appMetrics: (s, v) => 50300 + slot(s, v),
+  app: (s, v) => 20100 + slot(s, v),
+  appConnect: (s, v) => 20200 + slot(s, v),
+  appMetrics: (s, v) => 20300 + slot(s, v),
   ingress: (s, v) => 15100 + slot(s, v),
   sidecarAdmin: (s, v) => 15300 + slot(s, v),
   egress: (s, v, u) => 15500 + slot(s, v) * 10 + index(u),
 };
+
+/** The Redis `npm start` runs when no REDIS_URL is given. */
+export const localRedisPort = Number(process.env.REDIS_PORT ?? 6390);
+
+/** Every loopback port the local mesh listens on, with what listens there. */
+export function localListeners(): { port: number; what: string }[] {
+  const list = [
+    { port: localPorts.edge, what: "edge" },
+    { port: localPorts.edgeAdmin, what: "edge admin" },
+    { port: localRedisPort, what: "redis" },
+  ];
+  for (const { service: spec, version, id } of instances) {
+    list.push(
+      { port: localPorts.app(spec.name, version), what: `${id} app (gRPC)` },
+      { port: localPorts.appMetrics(spec.name, version), what: `${id} app (metrics)` },
+      { port: localPorts.ingress(spec.name, version), what: `${id} sidecar ingress` },
+      { port: localPorts.sidecarAdmin(spec.name, version), what: `${id} sidecar admin` },
+      ...spec.upstreams.map((u) => ({ port: localPorts.egress(spec.name, version, u), what: `${id} sidecar egress to ${u}` })),
+    );
+    if (spec.connect) list.push({ port: localPorts.appConnect(spec.name, version), what: `${id} app (Connect)` });
+  }
+  return list;
+}
 
 export const podPorts: Ports = {
   edge: 8080,

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { instances, localPorts, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -194,7 +194,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
 
   let redisUrl = options.redisUrl ?? process.env.REDIS_URL;
   if (!redisUrl) {
-    const port = options.redisPort ?? Number(process.env.REDIS_PORT ?? 6390);
+    const port = options.redisPort ?? localRedisPort;
     const dir = join(ROOT, ".run", "redis");
     mkdirSync(dir, { recursive: true });
     launch("redis", tool("redis-server"), ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--save", ""]);

@@ -3,6 +3,7 @@
 // (or from the system's package manager). Runs from `npm install` (postinstall) and
 // as `npm run setup`. Idempotent: a tool already at its pinned version is skipped,
 // so a second run is quiet. RECSYS_SKIP_SETUP=1 skips it entirely.
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, symlinkSync, unlinkSync } from "node:fs";
 import { join } from "node:path";

@@ -248,7 +248,8 @@ export class Aggregator {
     const [length, pending] = await Promise.all([redis.xlen(key), redis.xpending(key, GROUP) as Promise<[number, string | null, string | null, unknown]>]);
     streamLength.set(labels, length);
     streamPending.set(labels, pending[0]);
-    streamLag.set(labels, Number(group.lag ?? 0));
+    // Redis reports no lag when it cannot tell (after deletions): NaN, rather than a reassuring 0.
+    streamLag.set(labels, group.lag === null || group.lag === undefined ? NaN : Number(group.lag));
     const safe = pending[0] > 0 ? pending[1]! : String(group["last-delivered-id"]);
     // Approximate (whole stream nodes), without the default cap of 10,000 entries per call.
     if (safe !== "0-0") await redis.xtrim(key, "MINID", "~", safe, "LIMIT", 0);
