@@ -4,14 +4,14 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
-import { EchoService } from "../gen/recsys/echo/v1/echo_pb.js";
-import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
-import { runCanary, v2Healthy } from "../scripts/canary.js";
-import { createServiceClient } from "../services/kit/index.js";
-import { setRuntime, stat } from "../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../scripts/mesh.js";
-import { runCommand } from "../scripts/processes.js";
-import { tool } from "../scripts/tools.js";
+import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
+import { FallbackLevel, PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+import { runCanary, v2Healthy } from "../../scripts/canary.js";
+import { createServiceClient } from "../../services/kit/index.js";
+import { setRuntime, stat } from "../../scripts/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/mesh.js";
+import { runCommand } from "../../scripts/processes.js";
+import { tool } from "../../scripts/tools.js";
 
 let mesh: Mesh;
 let echoAdmin: string;
