@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// @ts-check
 // Installs the tools the Kubernetes and observability tests need, pinned, into .tools/:
 //   kustomize            built from the Go module cache, like setup.mjs builds ghz
 //   promtool             extracted from Debian's `prometheus` package (no service installed)
@@ -15,7 +16,7 @@ import { bin, goBuild, onPath, run, say, stamp, stamped, tools, venv } from "./s
 
 export const K8S_PINS = {
   // v5.8.3 needs Go 1.27; v5.8.2 builds with Go 1.26.
-  kustomize: ["sigs.k8s.io/kustomize/kustomize/v5@v5.8.2", "."],
+  kustomize: /** @type {[string, string]} */ (["sigs.k8s.io/kustomize/kustomize/v5@v5.8.2", "."]),
   // Debian 12 ships Prometheus 2.42; its promtool is a static binary. Building promtool
   // from the Go module cache was tried and fails: the proxy refuses some pseudo-versions
   // that prometheus' go.mod requires.
@@ -63,10 +64,11 @@ function ensurePromtool() {
     if (!candidate.startsWith(version)) throw new Error(`promtool: apt offers ${debianPackage} ${candidate}, the pin is ${version}x`);
     run("apt-get", ["download", `${debianPackage}=${candidate}`], { cwd: work });
     const deb = readdirSync(work).find((f) => f.endsWith(".deb"));
+    if (!deb) throw new Error(`promtool: apt-get download left no .deb of ${debianPackage}`);
     run("dpkg-deb", ["-x", join(work, deb), join(work, "x")]);
     copyFileSync(join(work, "x", "usr", "bin", "promtool"), target);
     chmodSync(target, 0o755);
-    say(run(target, ["--version"]).split("\n")[0]);
+    say(run(target, ["--version"]).split("\n")[0] ?? "");
     stamp("promtool", `${debianPackage} ${version}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
@@ -89,12 +91,13 @@ function ensureKubernetesValidate() {
 /** Installs what is missing; returns one message per tool that could not be installed. */
 export function installK8sTools() {
   mkdirSync(bin, { recursive: true });
+  /** @type {string[]} */
   const problems = [];
   for (const step of [ensureKustomize, ensurePromtool, ensureKubernetesValidate]) {
     try {
       step();
     } catch (err) {
-      problems.push(err.message);
+      problems.push(err instanceof Error ? err.message : String(err));
     }
   }
   return problems;

@@ -1,3 +1,4 @@
+// @ts-check
 // Helpers shared by the setup scripts (setup.mjs, install-k8s-tools.mjs): where the
 // tools go, running commands, stamp files that make a second run quiet, and building a
 // pinned Go tool from the module cache.
@@ -7,16 +8,24 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-export const tools = join(root, ".tools");
+// RECSYS_TOOLS_DIR moves the install (the setup tests install into a temporary one).
+export const tools = process.env.RECSYS_TOOLS_DIR ?? join(root, ".tools");
 export const bin = join(tools, "bin");
 export const venv = join(tools, "venv");
 
-export const say = (msg) => console.log(`setup: ${msg}`);
+export const say = (/** @type {string} */ msg) => console.log(`setup: ${msg}`);
 
+/** @param {string} cmd @returns {string | undefined} */
 export function onPath(cmd) {
   return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).stdout.trim() || undefined;
 }
 
+/**
+ * @param {string} cmd
+ * @param {string[]} args
+ * @param {import("node:child_process").SpawnSyncOptionsWithStringEncoding | Omit<import("node:child_process").SpawnSyncOptions, "encoding">} [opts]
+ * @returns {string}
+ */
 export function run(cmd, args, opts = {}) {
   const result = spawnSync(cmd, args, { encoding: "utf8", ...opts });
   if (result.status !== 0) {
@@ -27,11 +36,13 @@ export function run(cmd, args, opts = {}) {
 }
 
 /** A stamp records what was installed; a changed pin reinstalls. */
+/** @param {string} name @param {string} value */
 export function stamped(name, value) {
   const file = join(tools, `.${name}.stamp`);
   return existsSync(file) && readFileSync(file, "utf8") === value;
 }
 
+/** @param {string} name @param {string} value */
 export function stamp(name, value) {
   writeFileSync(join(tools, `.${name}.stamp`), value);
 }
@@ -41,6 +52,7 @@ export function stamp(name, value) {
  * into .tools/bin. (`go install pkg@version` also asks the proxy for the module's
  * version list, which some proxies refuse for modules they serve at a pinned version.)
  */
+/** @param {string} name @param {string} module @param {string} pkg */
 export function goBuild(name, module, pkg) {
   const spec = `${module} ${pkg}`;
   if (stamped(name, spec) && existsSync(join(bin, name))) return;

