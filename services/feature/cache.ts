@@ -6,6 +6,8 @@ export interface HotEntityCacheOptions {
   maxEntities: number;
   batchTtlMs: number;
   streamTtlMs: number;
+  /** The clock TTLs are measured on (tests pass their own); default performance.now. */
+  clock?: { now(): number };
 }
 
 /**
@@ -19,7 +21,7 @@ export class HotEntityCache {
   private readonly lru: LRUCache<string, { value: unknown }> | undefined;
 
   constructor(private readonly options: HotEntityCacheOptions) {
-    this.lru = options.maxEntities > 0 ? new LRUCache({ max: options.maxEntities }) : undefined;
+    this.lru = options.maxEntities > 0 ? new LRUCache({ max: options.maxEntities, ...(options.clock ? { perf: options.clock, ttlResolution: 0 } : {}) }) : undefined;
   }
 
   /** Values for ids in order: cached ones, then `load` for the rest (each distinct id once). */
