@@ -1,13 +1,14 @@
 // Brings the mesh up on one machine without Docker: Redis (unless REDIS_URL is
 // given), every service instance from envoy/topology.ts with its Envoy sidecar, and
 // the edge Envoy. Used by `npm start`, the mesh tests and the end-to-end benchmark.
-import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { instances, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
+import { logCause, portHolder, portTaken, Supervised, type ExitInfo, type RestartPolicy } from "./processes.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -23,9 +24,15 @@ export interface MeshOptions {
   instanceEnv?: Record<string, Record<string, string>>;
   /** Extra node flags per instance id, e.g. ["--cpu-prof"] for profiling. */
   instanceNodeArgs?: Record<string, string[]>;
-  logDir?: string;
+  /** Logs, Redis's append-only files and the replayed batch data go here (default .run/). */
+  runDir?: string;
   /** How long to wait for every instance to report SERVING. */
   readyTimeoutMs?: number;
+  /** Aborting it stops a start-up in progress and everything it started. */
+  signal?: AbortSignal;
+  /** Restart lines from the supervisor (default: stderr). */
+  log?: (line: string) => void;
+  restartPolicy?: RestartPolicy;
 }
 
 export interface RunningInstance {
@@ -36,8 +43,9 @@ export interface RunningInstance {
   ingressPort: number;
   sidecarAdminPort: number;
   metricsPort: number;
-  app: ChildProcess;
-  sidecar: ChildProcess;
+  /** The app's current process (a new one after each restart). */
+  readonly app: ChildProcess;
+  readonly sidecar: ChildProcess;
 }
 
 export interface Mesh {
@@ -46,10 +54,15 @@ export interface Mesh {
   edgeAdmin: string;
   instances: RunningInstance[];
   logDir: string;
-  /** Stops one instance's app (chaos tests), leaving its sidecar up. */
+  /** The Redis the mesh started (undefined with REDIS_URL). */
+  readonly redis: ChildProcess | undefined;
+  readonly edgeProcess: ChildProcess;
+  /** Stops one instance's app on purpose, leaving its sidecar up; it stays down until restartApp. */
   killApp(id: string, signal?: NodeJS.Signals): Promise<void>;
-  /** Starts a stopped instance's app again. */
+  /** Starts a stopped instance's app again and waits until it is SERVING. */
   restartApp(id: string): Promise<void>;
+  /** How many times the supervisor restarted each process ("feature", "envoy-feature", "redis", "envoy-edge"). */
+  restarts(): Record<string, number>;
   stop(): Promise<void>;
 }
 
@@ -64,16 +77,15 @@ function upstreamEnv(spec: ServiceSpec, version: string): Record<string, string>
   return Object.fromEntries(spec.upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${localPorts.egress(spec.name, version, u)}`]));
 }
 
-function stopChild(child: ChildProcess | undefined, timeoutMs = 15_000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.once("exit", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill("SIGTERM");
-  });
+/** Every port the mesh would listen on that something else holds now, named with its holder where `ss` can tell. */
+export async function takenPorts(listeners: { port: number; what: string }[]): Promise<string[]> {
+  const taken: string[] = [];
+  for (const { port, what } of listeners) {
+    if (!(await portTaken(port))) continue;
+    const holder = await portHolder(port);
+    taken.push(`127.0.0.1:${port} (${what}) is taken${holder ? ` by ${holder}` : ""}`);
+  }
+  return taken;
 }
 
 export async function waitServing(address: string, service: string, timeoutMs: number): Promise<void> {
@@ -125,8 +137,8 @@ function rebasedCopy(file: string, outDir: string): string {
 }
 
 /** Loads the batch features and the catalogue's popular lists into Redis. */
-async function materialize(redisUrl: string, logDir: string): Promise<void> {
-  const dataDir = join(ROOT, ".run", "data");
+async function materialize(redisUrl: string, runDir: string, logDir: string): Promise<void> {
+  const dataDir = join(runDir, "data");
   mkdirSync(dataDir, { recursive: true });
   const features = join(ROOT, "models", "features", "v1");
   const jobs: [string, string[]][] = [
@@ -134,11 +146,14 @@ async function materialize(redisUrl: string, logDir: string): Promise<void> {
     [rebasedCopy(join(features, "item_features.jsonl"), dataDir), ["--view", "item_profile"]],
     [join(ROOT, "models", "catalog", "v1", "items.jsonl"), ["--view", "catalog"]],
   ];
+  const logFile = join(logDir, "materialize.log");
   for (const [file, extra] of jobs) {
-    const log = openSync(join(logDir, "materialize.log"), "a");
+    const from = existsSync(logFile) ? statSync(logFile).size : 0;
+    const log = openSync(logFile, "a");
     const child = spawn("node", ["--import", "tsx", join(ROOT, "services", "feature", "materialize.ts"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log] });
+    closeSync(log);
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
-    if (code !== 0) throw new Error(`materializing ${file} failed (exit ${code}); see ${join(logDir, "materialize.log")}`);
+    if (code !== 0) throw new Error(`materializing ${relative(ROOT, file)} failed (exit ${code}); its log (${logFile}) says:\n${indent(logCause(logFile, from))}`);
   }
 }
 
@@ -181,35 +196,71 @@ async function warmUp(mesh: Mesh): Promise<void> {
   }
 }
 
-export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
-  const logDir = options.logDir ?? join(ROOT, ".run", "logs");
-  mkdirSync(logDir, { recursive: true });
-  const children: ChildProcess[] = [];
-  const launch = (id: string, command: string, args: string[], env: Record<string, string> = {}) => {
-    const log = openSync(join(logDir, `${id}.log`), "a");
-    const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", log, log] });
-    children.push(child);
-    return child;
-  };
+const indent = (text: string) => text.replace(/^/gm, "    ");
+const describeExit = ({ code, signal, error }: ExitInfo) => error ?? `exit code ${code ?? "none"}, signal ${signal ?? "none"}`;
 
-  let redisUrl = options.redisUrl ?? process.env.REDIS_URL;
-  if (!redisUrl) {
-    const port = options.redisPort ?? localRedisPort;
-    const dir = join(ROOT, ".run", "redis");
-    mkdirSync(dir, { recursive: true });
-    launch("redis", tool("redis-server"), ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--save", ""]);
-    redisUrl = `redis://127.0.0.1:${port}`;
+/** Rejects when the signal aborts. */
+const aborted = (signal: AbortSignal | undefined) =>
+  new Promise<never>((_, reject) => {
+    if (!signal) return;
+    if (signal.aborted) reject(new Error("start-up interrupted"));
+    signal.addEventListener("abort", () => reject(new Error("start-up interrupted")), { once: true });
+  });
+
+export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
+  const runDir = options.runDir ?? join(ROOT, ".run");
+  const logDir = join(runDir, "logs");
+  mkdirSync(logDir, { recursive: true });
+  const log = options.log ?? ((line: string) => console.error(`[mesh ${new Date().toISOString()}] ${line}`));
+  const wanted = new Set(options.only ?? availableServices());
+  const startRedis = !(options.redisUrl ?? process.env.REDIS_URL);
+  const redisPort = options.redisPort ?? localRedisPort;
+
+  // Every port first, before anything starts: a taken one fails here, by name, with
+  // nothing half-started to clean up.
+  const ids = instances.filter((i) => wanted.has(i.service.name)).map((i) => i.id);
+  const listeners = localListeners()
+    .filter(({ what }) => what === "edge" || what === "edge admin" || ids.some((id) => what.startsWith(`${id} `)))
+    .concat(startRedis ? [{ port: redisPort, what: "redis" }] : []);
+  const taken = await takenPorts([...new Map(listeners.map((l) => [l.port, l])).values()]);
+  if (taken.length > 0) {
+    throw new Error(`the mesh cannot start: ${taken.length === 1 ? "a port it needs is" : "ports it needs are"} in use:\n${taken.map((t) => `  ${t}`).join("\n")}\nStop what holds ${taken.length === 1 ? "it" : "them"} (another \`npm start\`?), or run inside a private network namespace: node scripts/in-netns.mjs <command>.`);
   }
 
-  const wanted = new Set(options.only ?? availableServices());
+  const processes = new Map<string, Supervised>();
+  let failStart: (err: Error) => void = () => undefined;
+  const startFailed = new Promise<never>((_, reject) => (failStart = reject));
+  startFailed.catch(() => undefined);
+  const launch = (id: string, name: string, command: string, args: string[], env: Record<string, string> = {}) => {
+    const supervised = new Supervised({ name, command, args, env, logFile: join(logDir, `${id}.log`), log, policy: options.restartPolicy });
+    supervised.onExit((exit) => failStart(new Error(`${name} exited during start-up (${describeExit(exit)}); its log (${supervised.spec.logFile}) says:\n${indent(supervised.cause())}`)));
+    processes.set(id, supervised.start());
+    return supervised;
+  };
+  // A crash of this process must not leave the mesh running without its supervisor.
+  const killAll = () => {
+    for (const p of processes.values()) if (p.running) p.child.kill("SIGKILL");
+  };
+  process.on("exit", killAll);
+
+  let redis: Supervised | undefined;
+  let redisUrl = options.redisUrl ?? process.env.REDIS_URL;
+  if (!redisUrl) {
+    const dir = join(runDir, "redis");
+    mkdirSync(dir, { recursive: true });
+    // appendonly: a restarted Redis comes back with its data (up to the last second).
+    redis = launch("redis", "redis", tool("redis-server"), ["--port", String(redisPort), "--bind", "127.0.0.1", "--dir", dir, "--appendonly", "yes", "--save", ""]);
+    redisUrl = `redis://127.0.0.1:${redisPort}`;
+  }
+
   // Envoy worker threads (default: one per core); SIDECAR_THREADS / EDGE_THREADS tune it.
   const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
   const url = redisUrl;
-  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(url, logDir)) : Promise.resolve();
+  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(url, runDir, logDir)) : Promise.resolve();
   dataReady.catch(() => undefined);
   const running: RunningInstance[] = [];
-  const appEnv = new Map<string, Record<string, string>>();
+  const apps = new Map<string, Supervised>();
   for (const { service: spec, version, id } of instances) {
     if (!wanted.has(spec.name)) continue;
     const ports = {
@@ -228,15 +279,32 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       ...options.env,
       ...options.instanceEnv?.[id],
     };
-    appEnv.set(id, env);
-    const app = launch(id, "node", ["--import", "tsx", ...(options.instanceNodeArgs?.[id] ?? []), serverEntry(spec.name)], env);
-    const sidecar = launch(`envoy-${id}`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn", ...threads(process.env.SIDECAR_THREADS)]);
-    running.push({ id, service: spec.name, version, ...ports, app, sidecar });
+    const app = launch(id, `${id} app`, "node", ["--import", "tsx", ...(options.instanceNodeArgs?.[id] ?? []), serverEntry(spec.name)], env);
+    const sidecar = launch(`envoy-${id}`, `${id} sidecar`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn", ...threads(process.env.SIDECAR_THREADS)]);
+    apps.set(id, app);
+    running.push({
+      id,
+      service: spec.name,
+      version,
+      ...ports,
+      get app() {
+        return app.child;
+      },
+      get sidecar() {
+        return sidecar.child;
+      },
+    });
   }
-  launch("envoy-edge", tool("envoy"), ["-c", join(ROOT, "envoy", "local", "edge.yaml"), "--disable-hot-restart", "-l", "warn", ...threads(process.env.EDGE_THREADS)]);
+  const edge = launch("envoy-edge", "edge", tool("envoy"), ["-c", join(ROOT, "envoy", "local", "edge.yaml"), "--disable-hot-restart", "-l", "warn", ...threads(process.env.EDGE_THREADS)]);
 
   const stop = async () => {
-    await Promise.all(children.map((c) => stopChild(c)));
+    await Promise.all([...processes.values()].map((p) => p.stop()));
+    process.off("exit", killAll);
+  };
+  const app = (id: string) => {
+    const found = apps.get(id);
+    if (!found) throw new Error(`no instance ${id} in this mesh (${[...apps.keys()].join(", ")})`);
+    return found;
   };
   const mesh: Mesh = {
     redisUrl,
@@ -244,34 +312,42 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
     edgeAdmin: `http://127.0.0.1:${localPorts.edgeAdmin}`,
     instances: running,
     logDir,
-    stop,
-    killApp: (id, signal = "SIGKILL") => {
-      const instance = running.find((i) => i.id === id)!;
-      const exited = new Promise<void>((resolve) => instance.app.once("exit", () => resolve()));
-      instance.app.kill(signal);
-      return exited;
+    get redis() {
+      return redis?.child;
     },
+    get edgeProcess() {
+      return edge.child;
+    },
+    stop,
+    killApp: (id, signal = "SIGKILL") => app(id).stop(signal),
     restartApp: async (id) => {
+      app(id).start();
       const instance = running.find((i) => i.id === id)!;
-      instance.app = launch(id, "node", ["--import", "tsx", serverEntry(instance.service)], appEnv.get(id)!);
       await waitServing(`127.0.0.1:${instance.appPort}`, "", options.readyTimeoutMs ?? 60_000);
     },
+    restarts: () => Object.fromEntries([...processes].map(([id, p]) => [id, p.restarts])),
   };
   try {
     const timeout = options.readyTimeoutMs ?? 90_000;
-    await dataReady;
-    await Promise.all(
-      running.map(async (i) => {
-        await waitServing(`127.0.0.1:${i.appPort}`, "", timeout);
-        // Through the sidecar too: the mesh path is what callers use.
-        await waitServing(`127.0.0.1:${i.ingressPort}`, "", timeout);
-      }),
-    );
-    await waitEdgeHealthy(mesh.edgeAdmin, running, timeout);
-    await warmUp(mesh);
+    const ready = async () => {
+      await dataReady;
+      await Promise.all(
+        running.map(async (i) => {
+          const logOf = () => `; its log (${app(i.id).spec.logFile}) ends:\n${indent(app(i.id).cause())}`;
+          await waitServing(`127.0.0.1:${i.appPort}`, "", timeout).catch((err: Error) => Promise.reject(new Error(`${err.message}${logOf()}`)));
+          // Through the sidecar too: the mesh path is what callers use.
+          await waitServing(`127.0.0.1:${i.ingressPort}`, "", timeout);
+        }),
+      );
+      await waitEdgeHealthy(mesh.edgeAdmin, running, timeout);
+      await warmUp(mesh);
+    };
+    await Promise.race([ready(), startFailed, aborted(options.signal)]);
   } catch (err) {
     await stop();
     throw new Error(`${(err as Error).message}\nlogs: ${logDir}`);
   }
+  // Up: from now on a process that dies is restarted, as Kubernetes would.
+  for (const p of processes.values()) p.supervise();
   return mesh;
 }

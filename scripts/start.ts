@@ -1,15 +1,22 @@
 // `npm start`: the whole mesh on this machine. Logs go to .run/logs/; Ctrl-C stops
-// everything.
+// everything. A process that dies once the mesh is up is restarted (see Supervised).
 import { availableServices, startMesh } from "./mesh.js";
 import { tool } from "./tools.js";
 
 const started = performance.now();
 const services = availableServices();
 console.log(`starting ${services.join(", ")} with their Envoy sidecars, and the edge...`);
-const mesh = await startMesh().catch((err: Error) => {
+// Ctrl-C during start-up stops what has started so far.
+const interrupted = new AbortController();
+const interrupt = () => interrupted.abort();
+process.once("SIGINT", interrupt);
+process.once("SIGTERM", interrupt);
+const mesh = await startMesh({ signal: interrupted.signal }).catch((err: Error) => {
   console.error(`npm start failed: ${err.message}`);
   process.exit(1);
 });
+process.off("SIGINT", interrupt);
+process.off("SIGTERM", interrupt);
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
 const grpcurl = tool("grpcurl");
 const ghz = tool("ghz");
@@ -32,7 +39,7 @@ ${hasPrediction ? `  ${grpcurl} -plaintext -d '{"user_id":"u000001","num_predict
 ` : ""}  ${ghz} --insecure --import-paths proto --proto recsys/echo/v1/echo.proto --call recsys.echo.v1.EchoService.Echo -d '{"message":"hi"}' -c 50 -z 10s ${mesh.edge}
   curl -s ${mesh.edgeAdmin}/stats?filter=cluster.*upstream_rq_total
 
-Ctrl-C stops everything.`);
+A process that dies is restarted (exponential backoff; a crash loop gives up loudly). Ctrl-C stops everything.`);
 
 let stopping = false;
 const stop = async () => {
