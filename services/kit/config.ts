@@ -14,7 +14,13 @@ export const baseConfigShape = {
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
   /** Bearer token the admin RPCs require. */
   ADMIN_TOKEN: z.string().min(8).default("dev-admin-token"),
-  /** How long SIGTERM waits for in-flight calls before forcing the server down. */
+  /**
+   * After SIGTERM, how long the server keeps serving while health says NOT_SERVING,
+   * so Envoy's active health check (1 s interval, 2 failures) takes it out of rotation
+   * before it stops accepting calls.
+   */
+  DRAIN_MS: z.coerce.number().int().min(0).default(3_000),
+  /** How long shutdown waits for in-flight calls before forcing the server down. */
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(10_000),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
 };

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { create } from "@bufbuild/protobuf";
 
 export { Code, ConnectError };
@@ -31,4 +31,26 @@ export function requireAdmin(requestHeader: Headers, token: string): void {
 export function asConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   return new ConnectError("internal error", Code.Internal, undefined, undefined, err);
+}
+
+/**
+ * A request that could not be read: bytes that do not decode as the method's input
+ * type, or a unary call without exactly one message. The kit's deserializers return
+ * it instead of throwing, because grpc-js answers a throwing deserializer with
+ * INTERNAL, which Envoy's outlier detection counts against the host.
+ */
+export class MalformedRequest {
+  constructor(
+    /** The input type ("recsys.echo.v1.EchoRequest") or the method path. */
+    readonly subject: string,
+    readonly problem: string,
+  ) {}
+
+  /** INVALID_ARGUMENT with BadRequest (field "(message)") and ErrorInfo MALFORMED_REQUEST. */
+  toError(): ConnectError {
+    return new ConnectError(`malformed request: ${this.subject}: ${this.problem}`, Code.InvalidArgument, undefined, [
+      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [{ field: "(message)", description: this.problem, reason: "MALFORMED_REQUEST" }] }) },
+      { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: "MALFORMED_REQUEST", domain: "recsys", metadata: { subject: this.subject } }) },
+    ]);
+  }
 }

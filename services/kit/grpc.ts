@@ -12,7 +12,7 @@ import {
 import { Code, ConnectError, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
-import { asConnectError } from "./errors.js";
+import { MalformedRequest, asConnectError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { rpcHandled, rpcHandlingSeconds } from "./metrics.js";
 import { extractContext, tracer } from "./tracing.js";
@@ -32,14 +32,38 @@ export function implement<S extends DescService>(service: S, impl: ServiceImpl<S
   return { service, impl: impl as unknown as ServiceImpl<DescService> };
 }
 
-
 function serializer(schema: DescMessage) {
   return (value: unknown) =>
     Buffer.from(toBinary(schema, isMessage(value, schema) ? value : create(schema, value as never)));
 }
 
+/** Never throws: undecodable bytes become a MalformedRequest the pipeline answers with INVALID_ARGUMENT. */
 function deserializer(schema: DescMessage) {
-  return (bytes: Buffer) => fromBinary(schema, bytes);
+  return (bytes: Buffer) => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch (err) {
+      return new MalformedRequest(schema.typeName, err instanceof Error ? err.message : String(err));
+    }
+  };
+}
+
+/**
+ * A service definition from another library (health, reflection) whose request
+ * deserializers return a MalformedRequest instead of throwing, for the request guard.
+ */
+export function tolerantDefinition(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const tolerant = ([name, method]: [string, grpc.MethodDefinition<unknown, unknown>]) => {
+    const requestDeserialize = (bytes: Buffer) => {
+      try {
+        return method.requestDeserialize(bytes);
+      } catch (err) {
+        return new MalformedRequest(method.path, err instanceof Error ? err.message : String(err));
+      }
+    };
+    return [name, { ...method, requestDeserialize }];
+  };
+  return Object.fromEntries(Object.entries(definition).map(tolerant));
 }
 
 /** grpc-js metadata as Fetch Headers; binary values base64 as on the wire. */
@@ -60,7 +84,7 @@ function metadataFrom(headers: Headers, into = new grpc.Metadata()): grpc.Metada
 }
 
 /** A ConnectError as a grpc-js status, google.rpc.Status details included. */
-function toServiceError(err: ConnectError, trailer: Headers): Partial<grpc.StatusObject> {
+export function toServiceError(err: ConnectError, trailer: Headers): grpc.StatusObject {
   const metadata = metadataFrom(trailer);
   const details = setTrailerStatus(new Headers(), err).get("grpc-status-details-bin");
   if (details) metadata.set("grpc-status-details-bin", Buffer.from(details, "base64"));
@@ -69,6 +93,7 @@ function toServiceError(err: ConnectError, trailer: Headers): Partial<grpc.Statu
 
 async function* validated(method: DescMethod, requests: AsyncIterable<unknown>): AsyncIterable<MessageShape<DescMessage>> {
   for await (const request of requests) {
+    if (request instanceof MalformedRequest) throw request.toError();
     const message = request as MessageShape<DescMessage>;
     const invalid = validationError(method.input, message);
     if (invalid) throw invalid;
@@ -81,7 +106,8 @@ type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStrea
 /**
  * Builds the grpc-js definition and handlers for one service. Every call runs the
  * same pipeline, in this order: trace context extraction and a server span ->
- * handler context with the caller's deadline -> protovalidate -> the implementation
+ * handler context with the caller's deadline -> decoding and protovalidate (a
+ * MalformedRequest or a rule violation is INVALID_ARGUMENT) -> the implementation
  * -> status mapping (unknown errors become INTERNAL, logged with their cause) ->
  * metrics by code.
  */
@@ -118,7 +144,9 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
       if (clientStreams) {
         return methodImpl.call(impl, validated(method, call as AsyncIterable<unknown>), ctx);
       }
-      const request = (call as grpc.ServerUnaryCall<unknown, unknown>).request as MessageShape<DescMessage>;
+      const received = (call as grpc.ServerUnaryCall<unknown, unknown>).request;
+      if (received instanceof MalformedRequest) throw received.toError();
+      const request = received as MessageShape<DescMessage>;
       const invalid = validationError(method.input, request);
       if (invalid) throw invalid;
       return methodImpl.call(impl, request, ctx);

@@ -5,17 +5,16 @@ import type { AddressInfo } from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { toBinary, type DescFile } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import type { Interceptor } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 import type { BaseConfig } from "./config.js";
-import { grpcService, type ServiceRegistration } from "./grpc.js";
+import { connectRequestHandler } from "./connect.js";
+import { grpcService, tolerantDefinition, type ServiceRegistration } from "./grpc.js";
 import { createLogger, type Logger } from "./log.js";
 import { startMetricsServer } from "./metrics.js";
+import { requestGuard } from "./request-guard.js";
 import { initTracing, shutdownTracing } from "./tracing.js";
-import { validationError } from "./validation.js";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.js";
 import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
 
@@ -36,10 +35,15 @@ export interface RunningServer {
   connectPort?: number;
   metricsPort?: number;
   log: Logger;
-  /** Readiness for every service of this process, reported by grpc.health.v1. */
+  /** Readiness for every service of this process, reported by grpc.health.v1; ignored once draining. */
   setReady(ready: boolean): void;
   /** Stops accepting, drains in-flight calls (up to SHUTDOWN_GRACE_MS), then closes. */
   shutdown(): Promise<void>;
+  /**
+   * What SIGTERM does: health turns NOT_SERVING (Check and Watch) at once, calls are
+   * still served for DRAIN_MS so load balancers see it, then shutdown().
+   */
+  drain(): Promise<void>;
 }
 
 /**
@@ -64,23 +68,14 @@ function descriptorSet(services: ServiceRegistration[]): Buffer[] {
  * reflection services themselves, so grpcurl needs no proto files. Our files come
  * from the generated descriptors; proto-loader's would mangle map fields.
  */
-function addReflection(server: grpc.Server, services: ServiceRegistration[]) {
+function addReflection(server: Pick<grpc.Server, "addService">, services: ServiceRegistration[]) {
   const reflectionDir = require.resolve("@grpc/reflection").replace(/build\/src\/index\.js$/, "build/proto");
   const standard = protoLoader.loadSync(["grpc/reflection/v1/reflection.proto"], { includeDirs: [reflectionDir] });
   const ours = {
     "recsys.descriptors": { format: "Protocol Buffer 3 DescriptorProto", type: {}, fileDescriptorProtos: descriptorSet(services) },
   } as unknown as protoLoader.PackageDefinition;
-  new ReflectionService({ ...standard, ...ours }).addToServer(server);
+  new ReflectionService({ ...standard, ...ours }).addToServer(server as grpc.Server);
 }
-
-/** Validation for the Connect/gRPC-web listener, the same rules as the grpc-js path. */
-const validateInterceptor: Interceptor = (next) => async (req) => {
-  if (!req.stream) {
-    const invalid = validationError(req.method.input, req.message);
-    if (invalid) throw invalid;
-  }
-  return next(req);
-};
 
 async function listenHttp(server: HttpServer, host: string, port: number): Promise<number> {
   server.listen(port, host);
@@ -99,9 +94,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const log = options.log ?? createLogger(name, config.LOG_LEVEL);
   initTracing(name, config.OTEL_EXPORTER_OTLP_ENDPOINT);
 
+  const pipelinePaths = new Set(services.flatMap(({ service }) => service.methods.map((m) => `/${service.typeName}/${m.name}`)));
   const server = new grpc.Server({
     "grpc.max_receive_message_length": 16 * 1024 * 1024,
     "grpc.keepalive_permit_without_calls": 1,
+    interceptors: [requestGuard(pipelinePaths, log)],
   });
   for (const registration of services) {
     const { definition, handlers } = grpcService(registration, log);
@@ -110,8 +107,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const statuses: Record<string, ServingStatus> = { "": "NOT_SERVING" };
   for (const { service } of services) statuses[service.typeName] = "NOT_SERVING";
   const health = new HealthImplementation(statuses);
-  health.addToServer(server);
-  addReflection(server, services);
+  // Health and reflection come from libraries; their undecodable requests reach the guard too.
+  const tolerant = { addService: (definition: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => server.addService(tolerantDefinition(definition), impl) };
+  health.addToServer(tolerant as grpc.Server);
+  addReflection(tolerant, services);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${config.HOST}:${config.GRPC_PORT}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>
@@ -122,17 +121,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   let connectServer: HttpServer | undefined;
   let connectPort: number | undefined;
   if (config.CONNECT_PORT !== undefined) {
-    connectServer = createHttpServer(
-      connectNodeAdapter({
-        routes: (router) => services.forEach(({ service, impl }) => router.service(service, impl)),
-        interceptors: [validateInterceptor],
-      }),
-    );
+    connectServer = createHttpServer(connectRequestHandler(services));
     connectPort = await listenHttp(connectServer, config.HOST, config.CONNECT_PORT);
   }
   const metrics = config.METRICS_PORT !== undefined ? await startMetricsServer(config.HOST, config.METRICS_PORT) : undefined;
 
+  let draining = false;
   const setReady = (ready: boolean) => {
+    if (draining && ready) return;
     for (const key of Object.keys(statuses)) health.setStatus(key, ready ? "SERVING" : "NOT_SERVING");
   };
 
@@ -155,13 +151,21 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       log.info("stopped");
     })());
 
+  const drain = async () => {
+    setReady(false);
+    draining = true;
+    log.info({ drainMs: config.DRAIN_MS }, "draining: NOT_SERVING, still serving calls");
+    await new Promise((resolve) => setTimeout(resolve, config.DRAIN_MS));
+    await shutdown();
+  };
+
   log.info({ port, connectPort, metricsPort: metrics?.port }, "listening");
-  return { port, connectPort, metricsPort: metrics?.port, log, setReady, shutdown };
+  return { port, connectPort, metricsPort: metrics?.port, log, setReady, shutdown, drain };
 }
 
 /**
- * For a service's entry point: SIGTERM and SIGINT drain and exit 0; a second signal
- * exits at once.
+ * For a service's entry point: SIGTERM and SIGINT drain (NOT_SERVING for DRAIN_MS,
+ * then stop accepting and finish in-flight calls) and exit 0; a second signal exits at once.
  */
 export function exitOnSignals(running: RunningServer): void {
   let signalled = false;
@@ -169,7 +173,7 @@ export function exitOnSignals(running: RunningServer): void {
     if (signalled) process.exit(1);
     signalled = true;
     running.log.info({ signal }, "shutting down");
-    running.shutdown().then(
+    running.drain().then(
       () => process.exit(0),
       (err: unknown) => {
         running.log.error({ err }, "shutdown failed");
