@@ -38,6 +38,7 @@ const ASSIGNER_RETRY_MS = 5_000;
  */
 export class VariantResolver {
   private assigner: Assigner | undefined;
+  private onConnected: (() => void)[] = [];
   private retry: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly rpcAnswers = new LRUCache<string, Assignment[]>({ max: 20_000, ttl: 10_000 });
@@ -54,6 +55,7 @@ export class VariantResolver {
       (assigner) => {
         if (this.closed) return void assigner.close();
         this.assigner = assigner;
+        for (const resolve of this.onConnected.splice(0)) resolve();
         this.log.info("experiment assignment in-process");
       },
       (err: Error) => {
@@ -61,6 +63,22 @@ export class VariantResolver {
         if (!this.closed) this.retry = setTimeout(() => this.start(), ASSIGNER_RETRY_MS).unref();
       },
     );
+  }
+
+  /** Resolves true once assignment runs in-process, false after timeoutMs; never throws. */
+  connected(timeoutMs: number): Promise<boolean> {
+    if (this.assigner) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      const timer = setTimeout(() => {
+        this.onConnected = this.onConnected.filter((f) => f !== done);
+        resolve(false);
+      }, timeoutMs);
+      this.onConnected.push(done);
+    });
   }
 
   async close(): Promise<void> {

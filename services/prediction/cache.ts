@@ -3,6 +3,7 @@ import { Redis } from "ioredis";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "../kit/index.js";
 import { cacheLookups } from "./metrics.js";
+import { failFastRedis, reconnectDelay } from "./redis.js";
 
 export interface CachedItem {
   itemId: string;
@@ -94,15 +95,9 @@ export class PredictionCache {
         if (keys?.size === 0) this.l1ByUser.delete(userId);
       },
     });
-    const redisOptions = {
-      commandTimeout: options.redisTimeoutMs,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (attempt: number) => Math.min(attempt * 200, 2000),
-    };
-    this.redis = new Redis(options.redisUrl, redisOptions);
+    this.redis = failFastRedis(options.redisUrl, options.redisTimeoutMs);
     // The subscriber waits for replies to SUBSCRIBE, so it keeps an offline queue and no command timeout.
-    this.subscriber = new Redis(options.redisUrl, { retryStrategy: redisOptions.retryStrategy });
+    this.subscriber = new Redis(options.redisUrl, { retryStrategy: reconnectDelay });
     let healthy = true;
     const onError = (err: Error) => {
       if (healthy) options.log.warn({ err: err.message }, "prediction cache: Redis unavailable, serving without L2");

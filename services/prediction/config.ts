@@ -52,6 +52,15 @@ export const predictionConfigShape = {
   /** ONNX runs of one model in flight at once: one running in its worker, one queued behind it. */
   BATCH_MAX_IN_FLIGHT: positiveInt(2),
 
+  /**
+   * The popular rung reads a local copy of the feature service's popular lists, so it
+   * answers while retrieval is down: refreshed this often from Redis, this many items
+   * per list, each refresh's read bounded by POPULAR_READ_TIMEOUT_MS.
+   */
+  POPULAR_REFRESH_MS: positiveInt(5_000),
+  POPULAR_DEPTH: positiveInt(200),
+  POPULAR_READ_TIMEOUT_MS: positiveInt(1_000),
+
   /** Admission: computations running at once; beyond that requests queue by priority. */
   MAX_CONCURRENT: positiveInt(64),
   /** Queueing delay past which LOW is refused (RESOURCE_EXHAUSTED) and NORMAL answered from a cheaper rung. */

@@ -134,6 +134,12 @@ export function topCategories(user: UserFeatures, n: number): string[] {
     .map(([category]) => category);
 }
 
+/** Categories the user's features name as preferred: the top `n` by affinity, then the last clicked one. */
+export function preferredCategories(user: UserFeatures, n: number): string[] {
+  const lastClicked = str(user.user["user_stream:last_click_category"]);
+  return [...new Set([...topCategories(user, n), ...(lastClicked ? [lastClicked] : [])])];
+}
+
 export interface FeatureReaderOptions {
   userCacheEntries: number;
   /** How long a user's last features are kept for fallbacks. */

@@ -98,3 +98,17 @@ export const modelsLoaded = new Gauge({
   labelNames: ["version", "model", "model_version"] as const,
   registers: [registry],
 });
+
+export const popularRefreshes = new Counter({
+  name: "recsys_prediction_popular_refresh_total",
+  help: "Refreshes of the local copy of the popular lists from Redis, by result (ok; empty: Redis held no list, the copy was kept; error).",
+  labelNames: ["version", "result"] as const,
+  registers: [registry],
+});
+
+export const popularListAge = new Gauge({
+  name: "recsys_prediction_popular_list_age_seconds",
+  help: "Age of the local copy of the popular lists (since its last successful refresh), as of the last refresh attempt; absent before the first success.",
+  labelNames: ["version"] as const,
+  registers: [registry],
+});

@@ -20,6 +20,8 @@ export interface Catalog {
   byId: Map<string, CatalogItem>;
   /** The most popular items, best first: the static-defaults rung. */
   popular: CatalogItem[];
+  /** Every category of the catalogue, sorted. */
+  categories: string[];
 }
 
 export interface ModelStoreOptions {
@@ -269,6 +271,7 @@ export class ModelStore {
         version: plan[CATALOG]!,
         byId: new Map(items.map((item) => [item.itemId, item])),
         popular: [...items].sort((a, b) => b.popularity - a.popularity).slice(0, STATIC_DEFAULTS),
+        categories: [...new Set(items.map((item) => item.category))].sort(),
       };
       for (const ranker of rankers.values()) await this.warm(ranker);
       const first = [...rankers.values()][0]!.model.manifest as { training_data?: { split?: { feature_window_days?: number } } };

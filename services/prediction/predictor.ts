@@ -9,9 +9,10 @@ import type { VariantResolver } from "./assignment.js";
 import type { CacheKey, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
 import { checkTimeZone, contextBucket } from "./context.js";
-import { topCategories, type FeatureBag, type FeatureReader, type UserFeatures } from "./features.js";
+import { preferredCategories, topCategories, type FeatureBag, type FeatureReader, type UserFeatures } from "./features.js";
 import { coalesced, computations, fallbacks, predictions, shed, stageSeconds } from "./metrics.js";
 import type { ModelSet, ModelStore } from "./model-store.js";
+import { pickPopular, type PopularCopy } from "./popular.js";
 import { cheapestRanker, diversify, ensembleScores, simplifiedScores, toRankedItems, type RankCandidate } from "./ranking.js";
 import { EMBEDDING, parseExplicitVariant, type ExplicitVariant, type Variant } from "./variants.js";
 
@@ -156,6 +157,8 @@ export interface PredictorDeps {
   cache: PredictionCache;
   features: FeatureReader;
   retrieval: Client<typeof RetrievalService> | undefined;
+  /** The popular lists, held locally so the popular rung answers while retrieval is down. */
+  popular: PopularCopy;
   variants: VariantResolver;
   admission: Admission;
   log: Logger;
@@ -324,13 +327,15 @@ export class Predictor {
       .finally(release);
   }
 
-  /** Cached (any context or variant of the user), else static defaults: no upstream call, no model run. */
+  /** Cached (any context or variant of the user), else the local popular lists, else static defaults: no upstream call, no model run. */
   private async cheapAnswer(plan: Plan, key: CacheKey, set: ModelSet, variant: Variant, reason: string): Promise<Outcome> {
     if (!plan.bypassCache && plan.candidates.length === 0) {
       const hit = await this.deps.cache.anyForUser(key);
       if (hit) return this.fellBack(fromCache(hit.entry, FallbackLevel.CACHED, hit.level === "l1" ? CacheLevel.L1 : CacheLevel.L2, true, reason), "overloaded");
     }
-    return this.fellBack(staticAnswer(set, variant, this.depth(plan), reason), "overloaded");
+    const user = this.deps.features.cachedUser(plan.userId, plan.context);
+    const popular = this.localPopular(user, set, variant, this.depth(plan));
+    return this.fellBack(popular ? { ...popular, reason } : staticAnswer(set, variant, this.depth(plan), reason), "overloaded");
   }
 
   private fellBack(outcome: Outcome, reason: string): Outcome {
@@ -444,13 +449,19 @@ export class Predictor {
     return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
   }
 
-  /** Popular items in the user's favourite category (or overall), from retrieval; static items fill a short list. */
+  /**
+   * Popular items of the user's preferred categories, then overall: from the local
+   * copy of the lists (no upstream call), else from retrieval when the copy holds
+   * none; static items fill a short list.
+   */
   private async popular(plan: Plan, user: UserFeatures, set: ModelSet, variant: Variant, depth: number, budget: Budget, stages: Stages): Promise<Outcome> {
-    if (!this.deps.retrieval) throw new Error("no retrieval service configured (RETRIEVAL_ADDR)");
+    const local = await stages.time("popular", async () => this.localPopular(user, set, variant, depth));
+    if (local) return local;
+    if (!this.deps.retrieval) throw new Error("no popular lists held and no retrieval service configured (RETRIEVAL_ADDR)");
     const budgetMs = budget.for("popular");
     if (budgetMs <= 0) throw new StageTimeout("no budget left");
     const category = topCategories(user, 1)[0] ?? "";
-    const response = await stages.time("popular", () =>
+    const response = await stages.time("popular_retrieval", () =>
       this.deps.retrieval!.getPopular({ category, k: Math.min(1000, depth), kind: PopularKind.POPULAR }, { timeoutMs: budgetMs }),
     );
     const items: CachedItem[] = response.candidates.map((c) => ({
@@ -459,13 +470,31 @@ export class Predictor {
       score: c.score,
       explanation: category ? `popular in ${category}, your favourite category` : `popular in ${c.category}`,
     }));
-    const seen = new Set(items.map((i) => i.itemId));
-    for (const item of staticAnswer(set, variant, depth, "").items) {
-      if (items.length >= depth) break;
-      if (!seen.has(item.itemId)) items.push(item);
-    }
-    return { ...base(variant, CacheLevel.MISS), items, rung: FallbackLevel.POPULAR, modelVersions: {}, featureAgeSeconds: user.ageSeconds };
+    return popularOutcome(items, user, set, variant, depth);
   }
+
+  /** The popular rung from the local copy of the lists; undefined when it holds nothing for this user. */
+  private localPopular(user: UserFeatures, set: ModelSet, variant: Variant, depth: number): Outcome | undefined {
+    const picks = pickPopular(this.deps.popular, preferredCategories(user, 3), depth, (itemId) => set.catalog.byId.get(itemId)?.category);
+    if (picks.length === 0) return undefined;
+    const items: CachedItem[] = picks.map((pick) => ({
+      itemId: pick.itemId,
+      category: pick.category,
+      score: pick.score,
+      explanation: pick.preferred ? `popular in ${pick.category}, one of your favourite categories` : `popular in ${pick.category}`,
+    }));
+    return popularOutcome(items, user, set, variant, depth);
+  }
+}
+
+/** A popular answer, topped up with static defaults when the list is short. */
+function popularOutcome(items: CachedItem[], user: UserFeatures, set: ModelSet, variant: Variant, depth: number): Outcome {
+  const seen = new Set(items.map((i) => i.itemId));
+  for (const item of staticAnswer(set, variant, depth, "").items) {
+    if (items.length >= depth) break;
+    if (!seen.has(item.itemId)) items.push(item);
+  }
+  return { ...base(variant, CacheLevel.MISS), items, rung: FallbackLevel.POPULAR, modelVersions: {}, featureAgeSeconds: user.ageSeconds };
 }
 
 function stageError(stage: string, err: unknown): Error {

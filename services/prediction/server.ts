@@ -10,6 +10,7 @@ import { loadPredictionConfig, type PredictionConfig } from "./config.js";
 import { FeatureReader } from "./features.js";
 import { predictionService } from "./handlers.js";
 import { ModelStore } from "./model-store.js";
+import { PopularCopy } from "./popular.js";
 import { Predictor } from "./predictor.js";
 
 /**
@@ -41,7 +42,14 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     version: config.SERVICE_VERSION,
     log,
   });
-  if (!(await cache.connect(2000))) log.warn({ url: config.REDIS_URL }, "Redis not reachable yet: serving without the L2 cache until it is");
+  const popular = new PopularCopy({
+    redisUrl: config.REDIS_URL,
+    readTimeoutMs: config.POPULAR_READ_TIMEOUT_MS,
+    depth: config.POPULAR_DEPTH,
+    categories: () => store.serving.catalog.categories,
+    version: config.SERVICE_VERSION,
+    log,
+  });
   const features = new FeatureReader(config.FEATURE_ADDR ? createServiceClient(FeatureService, config.FEATURE_ADDR) : undefined, {
     userCacheEntries: 100_000,
     userCacheTtlMs: 30 * 60_000,
@@ -62,6 +70,17 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     log,
   );
   variants.start();
+  // Redis holds the L2 cache, the popular lists and the experiments: wait for it briefly, so
+  // the first answers have them, but serve without them when it is away.
+  const [cacheUp, popularUp, assignerUp] = await Promise.all([
+    cache.connect(2000),
+    popular.connect(2000).then((up) => up && popular.refresh()),
+    variants.connected(2000),
+  ]);
+  if (!cacheUp) log.warn({ url: config.REDIS_URL }, "Redis not reachable yet: serving without the L2 cache until it is");
+  if (!popularUp) log.warn("popular lists not read yet: the popular rung asks retrieval until they are");
+  if (!assignerUp) log.warn("experiment assignment not in-process yet: asking the Assign RPC until it is");
+  popular.start(config.POPULAR_REFRESH_MS);
   for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }
@@ -71,11 +90,13 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     cache,
     features,
     retrieval: config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined,
+    popular,
     variants,
     admission: new Admission(config.MAX_CONCURRENT, config.SHED_QUEUE_DELAY_MS),
     log,
   });
   const close = async () => {
+    popular.close();
     await Promise.all([store.close(), cache.close(), variants.close()]);
   };
   return { predictor, store, cache, close };

@@ -7,36 +7,80 @@ import { Code, ConnectError, baseConfigShape, createServiceClient, implement, lo
 export interface Fault {
   /** Added before the call is forwarded (slowing a dependency). */
   delayMs?: number;
+  /** Held until release() (or the caller's deadline) before it is forwarded: a dependency that is slow for exactly as long as a test needs. */
+  hold?: boolean;
   /** Answered with this code instead of forwarding (Envoy's fast UNAVAILABLE, a crash). */
   fail?: Code;
+  /** With `fail`: the share of calls that fail, drawn from a generator seeded at inject() (reproducible); default every call. */
+  failRatio?: number;
 }
 
 export interface FaultProxy {
   address: string;
   /** Calls received, by method name ("GetCandidates"). */
   calls: Record<string, number>;
-  /** Replaces the faults; {} forwards everything untouched. */
+  /** Calls answered with an injected failure, by method name. */
+  failed: Record<string, number>;
+  /** Replaces the faults; {} forwards everything untouched (held calls stay held until release()). */
   inject(faults: Record<string, Fault>): void;
+  /** Resolves once at least `n` calls are being held. */
+  whenHeld(n: number): Promise<void>;
+  /** Lets every held call go on. */
+  release(): void;
   stop(): Promise<void>;
+}
+
+/** mulberry32: a small seeded generator, so a failure pattern is the same on every run. */
+function seeded(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
 }
 
 /**
  * A gRPC fault injector in front of a real service: every unary method is
  * forwarded to `target` unless a fault is set for it. Tests put it between the
- * prediction service and a dependency to slow or break exactly one call.
+ * prediction service and a dependency to slow, hold or break exactly one call.
  */
 export async function startFaultProxy(service: DescService, target: string): Promise<FaultProxy> {
   const client = createServiceClient(service, target) as unknown as Record<string, (req: unknown, options: object) => Promise<unknown>>;
   const calls: Record<string, number> = {};
+  const failed: Record<string, number> = {};
   let faults: Record<string, Fault> = {};
+  let random = seeded(1);
+  let held: (() => void)[] = [];
+  let heldWaiters: { n: number; resolve: () => void }[] = [];
+  const onHeldChange = () => {
+    heldWaiters = heldWaiters.filter((w) => (held.length >= w.n ? (w.resolve(), false) : true));
+  };
+  const holdUntilReleased = (signal: AbortSignal) =>
+    new Promise<void>((resolve) => {
+      const release = () => {
+        held = held.filter((r) => r !== release);
+        signal.removeEventListener("abort", release);
+        resolve();
+      };
+      signal.addEventListener("abort", release);
+      held.push(release);
+      onHeldChange();
+    });
   const impl = Object.fromEntries(
     service.methods.map((method) => [
       method.localName,
       async (request: unknown, ctx: HandlerContext) => {
         calls[method.name] = (calls[method.name] ?? 0) + 1;
         const fault = faults[method.name] ?? faults["*"];
+        if (fault?.hold) await holdUntilReleased(ctx.signal);
         if (fault?.delayMs) await sleep(fault.delayMs, undefined, { signal: ctx.signal });
-        if (fault?.fail !== undefined) throw new ConnectError(`injected fault on ${method.name}`, fault.fail);
+        if (fault?.fail !== undefined && random() < (fault.failRatio ?? 1)) {
+          failed[method.name] = (failed[method.name] ?? 0) + 1;
+          throw new ConnectError(`injected fault on ${method.name}`, fault.fail);
+        }
         return client[method.localName]!(request, { timeoutMs: ctx.timeoutMs(), signal: ctx.signal });
       },
     ]),
@@ -47,7 +91,19 @@ export async function startFaultProxy(service: DescService, target: string): Pro
   return {
     address: `127.0.0.1:${server.port}`,
     calls,
-    inject: (next) => (faults = next),
+    failed,
+    inject: (next) => {
+      faults = next;
+      random = seeded(1);
+    },
+    whenHeld: (n) =>
+      new Promise<void>((resolve) => {
+        heldWaiters.push({ n, resolve });
+        onHeldChange();
+      }),
+    release: () => {
+      for (const release of [...held]) release();
+    },
     stop: () => server.shutdown(),
   };
 }
