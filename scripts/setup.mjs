@@ -18,6 +18,8 @@ const PINS = {
     ghz: ["github.com/bojand/ghz@v0.120.0", "./cmd/ghz"],
     grpcurl: ["github.com/fullstorydev/grpcurl@v1.9.3", "./cmd/grpcurl"],
     "grpc-health-probe": ["github.com/grpc-ecosystem/grpc-health-probe@v0.4.40", "."],
+    // envoyproxy/ratelimit publishes no tags past v1.4.0; this is what @latest resolved to.
+    ratelimit: ["github.com/envoyproxy/ratelimit@v1.4.1-0.20260122083618-3fb702589d36", "./src/service_cmd"],
   },
 };
 
@@ -70,6 +72,23 @@ function ensureRedis() {
   throw new Error("redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set REDIS_URL");
 }
 
+/**
+ * Debian's chromium for the browser tests (Playwright's own browser download is not
+ * reachable everywhere). Where it cannot be installed, setup only warns: the browser
+ * test then says how to get it.
+ */
+function ensureChromium() {
+  if (onPath("chromium") || process.env.CHROMIUM_PATH) return;
+  if (process.getuid?.() === 0 && onPath("apt-get")) {
+    say("installing chromium with apt-get (for the browser tests)");
+    run("apt-get", ["update", "-qq"]);
+    run("apt-get", ["install", "-y", "-qq", "chromium"], { env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    if (!onPath("chromium")) throw new Error("apt-get installed chromium, but it is not on PATH");
+    return;
+  }
+  console.warn("setup: WARNING: chromium not found; the browser tests need it (Debian/Ubuntu: apt-get install chromium; elsewhere set CHROMIUM_PATH to a Chrome or Chromium binary)");
+}
+
 function ensureGoTools() {
   for (const [name, [module, pkg]] of Object.entries(PINS.go)) {
     try {
@@ -97,6 +116,7 @@ const steps = {
   redis: ensureRedis,
   "go-tools": ensureGoTools,
   training: ensureTrainingPackages,
+  chromium: ensureChromium,
   k8s: async () => {
     problems.push(...(await import("./install-k8s-tools.mjs")).installK8sTools());
   },
