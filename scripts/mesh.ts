@@ -106,7 +106,7 @@ export async function waitServing(address: string, service: string, timeoutMs: n
 }
 
 /** Waits until the edge's active health checks see every running instance healthy. */
-async function waitEdgeHealthy(adminUrl: string, running: RunningInstance[], timeoutMs: number): Promise<void> {
+export async function waitEdgeHealthy(adminUrl: string, running: RunningInstance[], timeoutMs: number): Promise<void> {
   const clusterOf = (i: RunningInstance) => (i.service === "prediction" ? `prediction-${i.version}` : i.service);
   const deadline = Date.now() + timeoutMs;
   let missing: string[] = [];

@@ -1,6 +1,9 @@
 // The whole mesh, as `npm start` runs it, through the real Envoy edge and sidecars,
-// checked by behaviour and by Envoy's own stats. One file, because the local mesh
-// listens on fixed ports (do not run it while `npm start` is up).
+// checked by behaviour and by Envoy's own stats. The local mesh listens on fixed ports:
+// run it in a private network namespace (scripts/in-netns.mjs), as `npm test` does.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -15,12 +18,17 @@ import { tool } from "../../scripts/tools.js";
 
 let mesh: Mesh;
 let echoAdmin: string;
+// Its own Redis files and logs, apart from a running `npm start`'s .run/.
+const runDir = mkdtempSync(join(tmpdir(), "recsys-mesh-test-"));
 
 beforeAll(async () => {
-  mesh = await startMesh({ env: { LOG_LEVEL: "warn" } });
+  mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" } });
   echoAdmin = `http://127.0.0.1:${mesh.instances.find((i) => i.service === "echo")!.sidecarAdminPort}`;
 });
-afterAll(() => mesh?.stop());
+afterAll(async () => {
+  await mesh?.stop();
+  rmSync(runDir, { recursive: true, force: true });
+});
 
 const echo = () => createServiceClient(EchoService, mesh.edge);
 const prediction = () => createServiceClient(PredictionService, mesh.edge);
@@ -248,8 +256,12 @@ describe("prediction through the edge", () => {
   });
 
   it("keeps answering when a dependency is killed: the ladder degrades, the caller sees no error", async () => {
+    const restarts = mesh.restarts().feature;
     await mesh.killApp("feature");
     try {
+      // Stopped on purpose: the supervisor leaves it down.
+      expect(mesh.restarts().feature).toBe(restarts);
+      expect(mesh.instances.find((i) => i.id === "feature")!.app.signalCode).toBe("SIGKILL");
       const client = prediction();
       const answers = await Promise.all(Array.from({ length: 20 }, (_, i) => client.predict({ userId: `u${String(i + 500).padStart(6, "0")}`, numPredictions: 5, bypassCache: true })));
       for (const a of answers) {

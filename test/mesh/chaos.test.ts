@@ -1,0 +1,88 @@
+// Chaos, short form of `npm run chaos`: kill -9 under load through the edge, then what
+// callers saw. The supervisor first, on its own, with tiny processes.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FallbackLevel } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+import { faults, levelName, oneRungBelow, runFault, waitWhole, type Fault } from "../../scripts/chaos.js";
+import { startMesh, type Mesh } from "../../scripts/mesh.js";
+import { Supervised } from "../../scripts/processes.js";
+
+describe("supervisor", () => {
+  const dir = mkdtempSync(join(tmpdir(), "recsys-supervisor-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const policy = { initialDelayMs: 20, maxDelayMs: 80, maxRestarts: 3, stableAfterMs: 60_000 };
+
+  it("restarts a crashing process with growing delays, then gives up loudly with the cause from its log", async () => {
+    const lines: string[] = [];
+    const gaveUp = new Promise<void>((resolve) => {
+      const crashing = new Supervised({
+        name: "crasher",
+        command: "node",
+        args: ["-e", "console.error('BadConfigError: PORT must be a number'); process.exit(3)"],
+        logFile: join(dir, "crasher.log"),
+        policy,
+        log: (line) => {
+          lines.push(line);
+          if (line.includes("giving up")) resolve();
+        },
+      });
+      crashing.start().supervise();
+    });
+    await gaveUp;
+    expect(lines.slice(0, 3)).toEqual([
+      "crasher exited (exit code 3, signal none); restarting (restart 1 of at most 3 in a row)",
+      "crasher exited (exit code 3, signal none); restarting in 0.02 s (restart 2 of at most 3 in a row)",
+      "crasher exited (exit code 3, signal none); restarting in 0.04 s (restart 3 of at most 3 in a row)",
+    ]);
+    expect(lines[3]).toContain("crasher is crash-looping (4 exits in a row, last: exit code 3, signal none); giving up");
+    expect(lines[3]).toContain("BadConfigError: PORT must be a number");
+    expect(lines).toHaveLength(4);
+  });
+
+  it("does not restart a process stopped on purpose", async () => {
+    const lines: string[] = [];
+    const sleeper = new Supervised({ name: "sleeper", command: "node", args: ["-e", "setInterval(() => {}, 1000)"], logFile: join(dir, "sleeper.log"), policy, log: (l) => lines.push(l) });
+    sleeper.start().supervise();
+    await sleeper.stop("SIGKILL");
+    expect(sleeper.running).toBe(false);
+    expect(sleeper.restarts).toBe(0);
+    expect(lines).toEqual([]);
+  });
+});
+
+describe("kill -9 under load through the edge", () => {
+  let mesh: Mesh;
+  const runDir = mkdtempSync(join(tmpdir(), "recsys-chaos-test-"));
+  const supervisorLines: string[] = [];
+  const short = { concurrency: 4, rps: 40, durationS: 8, killAfterS: 2, samplers: 2, users: 500, dataDir: runDir };
+
+  beforeAll(async () => {
+    mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" }, log: (line) => supervisorLines.push(line) });
+  });
+  afterAll(async () => {
+    await mesh?.stop();
+    rmSync(runDir, { recursive: true, force: true });
+  });
+
+  const fault = (name: string): Fault => faults.find((f) => f.name === name)!;
+  const rank = (name: string) => [FallbackLevel.PRIMARY, FallbackLevel.SIMPLIFIED, FallbackLevel.POPULAR, FallbackLevel.STATIC].map(levelName).indexOf(name);
+
+  it.each(["feature app", "retrieval app", "prediction-v1 app"])("%s: no UNAVAILABLE at the edge, answers at most one rung below what the fault allows, back within 10 s", async (name) => {
+    const f = fault(name);
+    const result = await runFault(mesh, f, short);
+    console.log(`${name}: edge ${JSON.stringify(result.edgeCodes)}, sampled ${JSON.stringify(result.sampled)}, by rung ${JSON.stringify(result.answersByRung)}, PRIMARY again ${result.primaryAgainMs} ms, back ${result.backMs} ms`);
+    try {
+      expect(Object.values(result.sampled).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+      expect(result.edgeCodes.Unavailable ?? 0).toBe(0);
+      expect(result.samples.filter((s) => s.error).map((s) => s.outcome)).toEqual([]);
+      expect(rank(result.worst)).toBeLessThanOrEqual(rank(levelName(oneRungBelow(f.requires))));
+      expect(result.backMs).not.toBeNull();
+      expect(result.backMs!).toBeLessThan(10_000);
+      expect(supervisorLines.some((line) => line.startsWith(`${f.instance} app exited (exit code none, signal SIGKILL); restarting`))).toBe(true);
+    } finally {
+      await waitWhole(mesh);
+    }
+  });
+});
