@@ -59,6 +59,17 @@ class Events:
         for name in ("u", "i", "ts", "ev", "dev", "hour"):
             setattr(self, name, getattr(self, name)[order])
 
+    def digest(self) -> str:
+        """sha256 of the log as training sees it (ids, catalogue, events), so two
+        runs can show they trained on the same data."""
+        h = hashlib.sha256()
+        for names in (self.user_ids, self.item_ids, self.categories):
+            h.update("\n".join(names).encode() + b"\0")
+        for a, dt in ((self.item_category, "<i4"), (self.item_created, "<i8"), (self.u, "<i4"), (self.i, "<i4"),
+                      (self.ts, "<i8"), (self.ev, "i1"), (self.dev, "i1"), (self.hour, "i1")):
+            h.update(np.ascontiguousarray(a, dtype=dt).tobytes())
+        return h.hexdigest()
+
     def counts_by_type(self) -> dict:
         c = np.bincount(self.ev, minlength=3)
         return {EVENT_NAMES[k]: int(c[k]) for k in range(3)}

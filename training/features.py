@@ -5,6 +5,7 @@ the feature store is what the ranker was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Context, Decimal
 
 import numpy as np
 
@@ -32,6 +33,17 @@ CTR_PRIOR_VIEWS = 10.0
 TRENDING_CAP = 10.0
 LABEL_WINDOW_S = 1800  # a view is positive if the user clicks/buys the item within 30 min
 _K = np.int64(1) << np.int64(32)  # key = entity * 2^32 + epoch seconds
+_LN_CONTEXT = Context(prec=40)
+
+
+def exact_log1p(counts: np.ndarray) -> np.ndarray:
+    """ln(1 + n) of integer counts, correctly rounded to float64 through `decimal`
+    (integer arithmetic, the same on every machine). numpy's log1p dispatches to
+    CPU-specific SIMD code whose last bit differs between CPUs (AVX-512 vs AVX2),
+    and these values are written to the byte-exact feature files."""
+    uniq, inv = np.unique(counts, return_inverse=True)
+    logs = np.array([float(_LN_CONTEXT.ln(Decimal(int(n) + 1))) for n in uniq])
+    return logs[inv].reshape(np.shape(counts))
 
 
 @dataclass
@@ -51,7 +63,7 @@ class BatchStats:
 
     @property
     def user_log_events(self):
-        return np.log1p(self.user_events)
+        return exact_log1p(self.user_events)
 
     @property
     def user_ctr(self):
@@ -59,7 +71,7 @@ class BatchStats:
 
     @property
     def item_log_popularity(self):
-        return np.log1p(self.item_events)
+        return exact_log1p(self.item_events)
 
     @property
     def item_ctr(self):
