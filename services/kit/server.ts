@@ -7,7 +7,7 @@ import { toBinary, type DescFile } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as protoLoader from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
-import { HealthImplementation, type ServingStatus } from "grpc-health-check";
+import { HealthImplementation, service as healthService, type ServingStatus } from "grpc-health-check";
 import type { BaseConfig } from "./config.js";
 import { connectRequestHandler } from "./connect.js";
 import { grpcService, tolerantDefinition, type ServiceRegistration } from "./grpc.js";
@@ -109,7 +109,20 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const health = new HealthImplementation(statuses);
   // Health and reflection come from libraries; their undecodable requests reach the guard too.
   const tolerant = { addService: (definition: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => server.addService(tolerantDefinition(definition), impl) };
-  health.addToServer(tolerant as grpc.Server);
+  // Open Watch streams are ended at shutdown, after they saw NOT_SERVING: they
+  // would otherwise hold tryShutdown for the whole grace period.
+  const watches = new Set<grpc.ServerWritableStream<unknown, unknown>>();
+  health.addToServer({
+    addService: (definition: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) => {
+      const watch = impl.watch as grpc.handleServerStreamingCall<unknown, unknown>;
+      const tracked: grpc.handleServerStreamingCall<unknown, unknown> = (call) => {
+        watches.add(call);
+        call.on("close", () => watches.delete(call));
+        watch(call);
+      };
+      tolerant.addService(definition, definition === healthService ? { ...impl, watch: tracked } : impl);
+    },
+  } as grpc.Server);
   addReflection(tolerant, services);
 
   const port = await new Promise<number>((resolve, reject) =>
@@ -137,6 +150,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     (stopping ??= (async () => {
       setReady(false);
       const drained = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      for (const watch of watches) watch.end();
       const timer = setTimeout(() => {
         log.warn({ graceMs: config.SHUTDOWN_GRACE_MS }, "grace period over, cancelling in-flight calls");
         server.forceShutdown();
@@ -156,6 +170,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     draining = true;
     log.info({ drainMs: config.DRAIN_MS }, "draining: NOT_SERVING, still serving calls");
     await new Promise((resolve) => setTimeout(resolve, config.DRAIN_MS));
+    log.info("drain over: no new calls, finishing in-flight ones");
     await shutdown();
   };
 

@@ -1,8 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
+import { trailerParse } from "@connectrpc/connect/protocol-grpc-web";
 import { EchoService } from "../../../gen/recsys/echo/v1/echo_pb.js";
-import { BadRequestSchema } from "../../../gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
+import { RawGrpcClient, frame } from "../../../test/support/fuzz-frames.js";
 import { tool } from "../../../scripts/tools.js";
 import { freePort, runCommand, startProcess } from "../../../scripts/processes.js";
 import { baseConfigShape, createServiceClient, loadConfig, startServer, type RunningServer } from "../index.js";
@@ -14,6 +18,13 @@ const config = (extra: Record<string, string> = {}) =>
 async function scrape(port: number): Promise<string> {
   return (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
 }
+
+/** The ErrorInfo reason of a raw call's answer. */
+function reasonOf(metadata: Headers): string | undefined {
+  return findTrailerError(metadata)?.findDetails(ErrorInfoSchema)[0]?.reason;
+}
+
+const hex = (text: string) => Buffer.from(text.replace(/ /g, ""), "hex");
 
 function counter(metrics: string, code: string): number {
   const line = metrics
@@ -64,6 +75,35 @@ describe("service kit, real server on a free port", () => {
     expect((err as ConnectError).code).toBe(Code.InvalidArgument);
     const [badRequest] = (err as ConnectError).findDetails(BadRequestSchema);
     expect(badRequest?.fieldViolations[0]?.field).toBe("delay_ms");
+  });
+
+  it("answers unreadable requests with INVALID_ARGUMENT (MALFORMED_REQUEST), never INTERNAL or UNIMPLEMENTED", async () => {
+    const raw = new RawGrpcClient(address);
+    const before = await scrape(server.metricsPort!);
+    const echo = "/recsys.echo.v1.EchoService/Echo";
+    const cases: [string, string, Buffer][] = [
+      ["3 bytes that are not protobuf", echo, hex("00 00000003 ffffff")],
+      ["invalid UTF-8 in a string field", echo, hex("00 00000004 0a02c328")],
+      ["wrong wire type", echo, hex("00 00000002 0d01")],
+      ["a truncated frame", echo, hex("00 00000010 0a")],
+      ["no message", echo, Buffer.alloc(0)],
+      ["two messages in a unary call", echo, Buffer.concat([frame(hex("0a0161")), frame(hex("0a0162"))])],
+      ["undecodable health check", "/grpc.health.v1.Health/Check", hex("00 00000003 ffffff")],
+      ["health check without a message", "/grpc.health.v1.Health/Check", Buffer.alloc(0)],
+      ["undecodable reflection request", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", hex("00 00000003 ffffff")],
+    ];
+    try {
+      for (const [name, path, body] of cases) {
+        const outcome = await raw.call(path, body);
+        expect({ name, code: outcome.code, reason: reasonOf(outcome.metadata) }).toEqual({ name, code: 3, reason: "MALFORMED_REQUEST" });
+      }
+      expect((await raw.call(echo, frame(hex("0a026869")))).code).toBe(0);
+    } finally {
+      raw.close();
+    }
+    const after = await scrape(server.metricsPort!);
+    expect(counter(after, "INVALID_ARGUMENT") - counter(before, "INVALID_ARGUMENT")).toBe(6);
+    expect(counter(after, "INTERNAL")).toBe(0);
   });
 
   it("counts calls by code in /metrics", async () => {
@@ -119,26 +159,70 @@ describe("service kit, real server on a free port", () => {
     expect(invalid.status).toBe(400);
     expect(await invalid.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("delay_ms") });
   });
+
+  it("answers unreadable bodies on the Connect listener with invalid_argument, not internal", async () => {
+    const url = `http://127.0.0.1:${server.connectPort}/recsys.echo.v1.EchoService/Echo`;
+    const connectBinary = await fetch(url, { method: "POST", headers: { "content-type": "application/proto" }, body: new Uint8Array(hex("ffffff")) });
+    expect(connectBinary.status).toBe(400);
+    expect(await connectBinary.json()).toMatchObject({ code: "invalid_argument", message: expect.stringContaining("premature EOF") });
+
+    const grpcWeb = async (body: Buffer) => {
+      const response = await fetch(url, { method: "POST", headers: { "content-type": "application/grpc-web+proto" }, body: new Uint8Array(body) });
+      const bytes = Buffer.from(await response.arrayBuffer());
+      let offset = 0;
+      while (bytes[offset] !== 0x80) offset += 5 + bytes.readUInt32BE(offset + 1);
+      return { status: response.status, trailer: trailerParse(bytes.subarray(offset + 5)) };
+    };
+    for (const body of [hex("00 00000003 ffffff"), Buffer.concat([frame(hex("0a0161")), frame(hex("0a0162"))]), Buffer.alloc(0), frame(hex("0a0161"), true)]) {
+      const answer = await grpcWeb(body);
+      expect(answer.status).toBe(200);
+      expect(answer.trailer.get("grpc-status")).toBe("3");
+      expect(reasonOf(answer.trailer)).toBe("MALFORMED_REQUEST");
+    }
+    expect((await grpcWeb(frame(hex("0a0161")))).trailer.get("grpc-status")).toBe("0");
+  });
 });
 
 describe("graceful shutdown of a service process", () => {
-  it("lets an in-flight call finish on SIGTERM, refuses new calls, and exits 0", async () => {
+  it("on SIGTERM: NOT_SERVING first (Watch sees it), serves for DRAIN_MS, then refuses new calls, finishes in-flight ones, exits 0", async () => {
     const port = await freePort();
     const proc = await startProcess("node", ["--import", "tsx", "services/echo/server.ts"], {
-      env: { GRPC_PORT: String(port), LOG_LEVEL: "info" },
+      env: { GRPC_PORT: String(port), LOG_LEVEL: "info", DRAIN_MS: "500" },
       waitFor: /"msg":"listening"/,
     });
+    const output = (pattern: RegExp) =>
+      (async () => {
+        while (!pattern.test(proc.output())) await new Promise((r) => setTimeout(r, 20));
+      })();
     try {
+      const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` });
       const client = createServiceClient(EchoService, `127.0.0.1:${port}`);
-      const slow = client.echo({ message: "slow", delayMs: 1_500 });
-      await new Promise((r) => setTimeout(r, 300));
+      const watched: { status: HealthCheckResponse_ServingStatus; exited: boolean }[] = [];
+      let exited = false;
+      void proc.exited.then(() => (exited = true));
+      const watch = (async () => {
+        for await (const { status } of createClient(Health, transport).watch({ service: "" })) watched.push({ status, exited });
+      })().catch(() => undefined);
+      await output(/./);
+      const slow = client.echo({ message: "slow", delayMs: 4_000 }, { timeoutMs: 30_000 });
+      while (watched.length === 0) await new Promise((r) => setTimeout(r, 20));
+      expect(watched[0]!.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+
       proc.child.kill("SIGTERM");
-      await new Promise((r) => setTimeout(r, 200));
+      await output(/"msg":"draining/);
+      while (watched.length < 2) await new Promise((r) => setTimeout(r, 20));
+      expect(watched[1]).toEqual({ status: HealthCheckResponse_ServingStatus.NOT_SERVING, exited: false });
+      expect((await client.echo({ message: "during the drain" })).message).toBe("during the drain");
+
+      await output(/"msg":"drain over/);
       const late = await client.echo({ message: "late" }).catch((e: unknown) => ConnectError.from(e));
       expect(late).toBeInstanceOf(ConnectError);
       expect((await slow).message).toBe("slow");
       expect(await proc.exited).toBe(0);
       expect(proc.output()).toMatch(/"msg":"stopped"/);
+      // The open Watch ended at shutdown instead of holding it for the grace period.
+      expect(proc.output()).not.toMatch(/grace period over/);
+      await watch;
     } finally {
       await proc.stop("SIGKILL");
     }
