@@ -37,6 +37,11 @@ export interface PrecomputeSummary {
 }
 
 const FEATURE_BATCH = 100;
+/**
+ * A batch job can wait for in-process assignment: computed under the default variant
+ * instead, an experiment user's entries would sit under a key the service never reads.
+ */
+const ASSIGNER_WAIT_MS = 15_000;
 
 /** The users the models know, most active first (user_log_events from the feature store). */
 async function mostActiveUsers(config: PredictionConfig, known: string[], n: number): Promise<string[]> {
@@ -60,8 +65,9 @@ async function mostActiveUsers(config: PredictionConfig, known: string[], n: num
 export async function precompute(options: PrecomputeOptions): Promise<PrecomputeSummary> {
   const started = performance.now();
   const log = createLogger("precompute", options.config.LOG_LEVEL);
-  const { predictor, store, close } = await createPredictor(options.config, log);
+  const { predictor, store, variants, close } = await createPredictor(options.config, log);
   try {
+    if (!(await variants.connected(ASSIGNER_WAIT_MS))) log.warn("experiment assignment is not in-process; users in experiments are precomputed under what the Assign RPC answers, or the default variant");
     const users = await mostActiveUsers(options.config, store.serving.embeddings.users.ids, options.users);
     const timestamp = timestampFromMs(options.atMs ?? Date.now());
     const jobs = users.flatMap((userId) => options.devices.map((device) => ({ userId, context: create(RequestContextSchema, { device, timestamp }) })));

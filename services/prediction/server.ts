@@ -99,7 +99,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     popular.close();
     await Promise.all([store.close(), cache.close(), variants.close()]);
   };
-  return { predictor, store, cache, close };
+  return { predictor, store, cache, variants, close };
 }
 
 /**

@@ -1,7 +1,8 @@
 import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { Redis } from "ioredis";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -14,22 +15,36 @@ import { CacheLevel, FallbackLevel, PredictionService, type PredictRequest } fro
 import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
+import { freePort } from "../../../scripts/processes.js";
 import { ROOT } from "../../../scripts/tools.js";
 import { startRedis, type TestRedis } from "../../../test/support/redis.js";
 import { startExperiment } from "../../experiment/server.js";
 import { startFeatureService } from "../../feature/server.js";
-import { Code, ConnectError, createServiceClient, type RunningServer } from "../../kit/index.js";
+import { Code, ConnectError, createServiceClient, registry, type RunningServer } from "../../kit/index.js";
 import { startRetrievalService } from "../../retrieval/server.js";
 import { loadPredictionConfig } from "../config.js";
 import { precompute } from "../precompute.js";
 import { startPrediction } from "../server.js";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
-import { seedBatchFeatures } from "./feature-fixtures.js";
+import { clickPopularItems, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
 
 const TOKEN = "test-admin-token-123";
 const admin = { headers: { authorization: `Bearer ${TOKEN}` } };
 const mobile = { device: Device.MOBILE, timestamp: timestampFromMs(Date.parse("2026-03-02T10:30:00Z")) };
 const desktop = { ...mobile, device: Device.DESKTOP };
+/**
+ * Deadlines a loaded machine meets many times over: a test about a rung breaks what
+ * that rung guards, it does not race the clock. Tests about deadlines set their own.
+ */
+const GENEROUS_MS = 20_000;
+/** How long to wait for something that happens in the background (pub/sub, refreshes). */
+const EVENTUALLY = { timeout: 20_000, interval: 50 };
+
+/** A counter's value as /metrics shows it (the process registry every in-process server reports to). */
+async function metricValue(name: string, labels: Record<string, string>): Promise<number> {
+  const values = (await registry.getSingleMetric(name)?.get())?.values ?? [];
+  return values.filter((v) => Object.entries(labels).every(([k, value]) => v.labels[k] === value)).reduce((sum, v) => sum + v.value, 0);
+}
 
 async function failure(call: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -54,8 +69,9 @@ describe("prediction service through real feature, retrieval and experiment serv
   let prediction: RunningServer;
   let client: Client<typeof PredictionService>;
   let experiments: Client<typeof ExperimentService>;
+  let popular: PopularFixture;
 
-  const predict = (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = 3000) => client.predict(request, { timeoutMs });
+  const predict = (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = GENEROUS_MS) => client.predict(request, { timeoutMs });
   const start = async (env: Record<string, string> = {}) => {
     const server = await startPrediction({
       GRPC_PORT: "0",
@@ -67,7 +83,8 @@ describe("prediction service through real feature, retrieval and experiment serv
       FEATURE_ADDR: featureProxy.address,
       RETRIEVAL_ADDR: retrievalProxy.address,
       EXPERIMENT_ADDR: `127.0.0.1:${servers[0]!.port}`,
-      DEFAULT_DEADLINE_MS: "3000",
+      DEFAULT_DEADLINE_MS: String(GENEROUS_MS),
+      POPULAR_REFRESH_MS: "200",
       ...env,
     });
     servers.push(server);
@@ -83,7 +100,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     }
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN };
     servers.push(await startExperiment(common));
-    const feature = await startFeatureService({ ...common, CATALOG_PATH: join(ROOT, "models", "catalog", "v1", "items.jsonl") });
+    const feature = await startFeatureService({ ...common, CATALOG_PATH: join(ROOT, "models", "catalog", "v1", "items.jsonl"), POPULAR_PUBLISH_INTERVAL_MS: "100" });
     servers.push(feature);
     const retrieval = await startRetrievalService({ ...common, MODELS_DIR: join(ROOT, "models"), RETRIEVAL_DATA_DIR: join(dir, "retrieval") });
     servers.push(retrieval);
@@ -91,7 +108,18 @@ describe("prediction service through real feature, retrieval and experiment serv
     featureProxy = await startFaultProxy(FeatureService, `127.0.0.1:${feature.port}`);
     retrievalProxy = await startFaultProxy(RetrievalService, `127.0.0.1:${retrieval.port}`);
 
-    await seedBatchFeatures(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`));
+    const features = createServiceClient(FeatureService, `127.0.0.1:${feature.port}`);
+    await seedBatchFeatures(features);
+    // Popular lists as the feature service's aggregator publishes them from events; every
+    // prediction instance then starts with its copy of them.
+    popular = popularFixture();
+    await clickPopularItems(features, popular);
+    const lists = new Redis(redis.url);
+    await vi.waitFor(async () => {
+      expect(await lists.zrevrange("recsys:popular:all", 0, 5)).toEqual([...popular.otherItems, ...popular.favouriteItems]);
+      expect(await lists.zrevrange(`recsys:popular:${popular.favourite}`, 0, 2)).toEqual(popular.favouriteItems);
+    }, EVENTUALLY);
+    lists.disconnect();
     experiments = createServiceClient(ExperimentService, `127.0.0.1:${servers[0]!.port}`);
 
     prediction = await start();
@@ -178,7 +206,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     );
     // The in-process assigner hears of the new experiment through Redis pub/sub.
     await expect
-      .poll(async () => (await predict({ userId: "u000010", context: mobile, bypassCache: true })).metadata!.experimentId, { timeout: 5000 })
+      .poll(async () => (await predict({ userId: "u000010", context: mobile, bypassCache: true })).metadata!.experimentId, EVENTUALLY)
       .toBe("ranker-weights");
     const seen = new Set<string>();
     for (let u = 10; u < 30; u++) seen.add((await predict({ userId: `u0000${u}`, context: mobile, bypassCache: true })).metadata!.variant);
@@ -194,7 +222,7 @@ describe("prediction service through real feature, retrieval and experiment serv
   });
 
   it("shares L2 between instances, and InvalidateCache (admin) drops L1 and L2 everywhere", async () => {
-    const request = { userId: "u000003", context: mobile };
+    const request = { userId: "u000003", context: mobile, modelVariant: "default" };
     expect((await predict(request)).metadata!.cacheLevel).toBe(CacheLevel.MISS);
     const second = await start();
     const secondClient = createServiceClient(PredictionService, `127.0.0.1:${second.port}`);
@@ -205,7 +233,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     expect(invalidField(await failure(client.invalidateCache({}, admin)))).toBe("user_ids");
     const dropped = await client.invalidateCache({ userIds: ["u000003"] }, admin);
     expect(dropped).toMatchObject({ l1Removed: 1n, l2Removed: 1n });
-    await expect.poll(async () => (await secondClient.predict(request)).metadata!.cacheLevel).toBe(CacheLevel.MISS);
+    await expect.poll(async () => (await secondClient.predict(request)).metadata!.cacheLevel, EVENTUALLY).toBe(CacheLevel.MISS);
     await second.shutdown();
   });
 
@@ -221,19 +249,20 @@ describe("prediction service through real feature, retrieval and experiment serv
   });
 
   describe("fallback ladder: each rung reached by breaking what it guards, and the caller still gets items", () => {
-    const rungOf = async (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = 3000) => {
+    const rungOf = async (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = GENEROUS_MS) => {
       const started = performance.now();
       const response = await predict({ numPredictions: 10, ...request }, timeoutMs);
       expect(response.predictions.length).toBeGreaterThan(0);
-      return { ...response.metadata!, elapsedMs: performance.now() - started };
+      return { ...response.metadata!, items: response.predictions, elapsedMs: performance.now() - started };
     };
     afterAll(() => {
       featureProxy.inject({});
       retrievalProxy.inject({});
+      featureProxy.release();
     });
 
     it("cached: the feature store fails fast (UNAVAILABLE), the user's answer for another context is served", async () => {
-      await rungOf({ userId: "u000006", context: mobile });
+      expect((await rungOf({ userId: "u000006", context: mobile })).fallbackLevel).toBe(FallbackLevel.PRIMARY);
       featureProxy.inject({ "*": { fail: Code.Unavailable } });
       const metadata = await rungOf({ userId: "u000006", context: desktop });
       expect(metadata).toMatchObject({ fallbackLevel: FallbackLevel.CACHED, stale: true });
@@ -247,52 +276,117 @@ describe("prediction service through real feature, retrieval and experiment serv
       expect(metadata.fallbackReason).toMatch(/ranked by ranker-gbdt alone over default features/);
     });
 
-    it("simplified within the deadline: the feature store is slow", async () => {
-      featureProxy.inject({ "*": { delayMs: 5000 } });
-      const metadata = await rungOf({ userId: "u000008", context: mobile }, 800);
+    it("simplified within the deadline: the feature store never answers", async () => {
+      featureProxy.inject({ "*": { hold: true } });
+      const deadlineMs = 3000;
+      const metadata = await rungOf({ userId: "u000008", context: mobile }, deadlineMs);
       expect(metadata.fallbackLevel).toBe(FallbackLevel.SIMPLIFIED);
       expect(metadata.fallbackReason).toMatch(/features: DeadlineExceeded/);
-      expect(metadata.elapsedMs).toBeLessThan(800);
+      expect(metadata.elapsedMs).toBeLessThan(deadlineMs);
+      featureProxy.inject({});
+      featureProxy.release();
     });
 
-    it("popular: retrieval cannot give candidates, its popular list still answers", async () => {
+    it("popular, by the user's favourite category: retrieval cannot give candidates, the local copy of the popular lists answers without asking it", async () => {
       featureProxy.inject({});
       retrievalProxy.inject({ GetCandidates: { fail: Code.Unavailable } });
-      const metadata = await rungOf({ userId: "u000009", context: mobile, bypassCache: true });
+      const popularCalls = retrievalProxy.calls.GetPopular ?? 0;
+      const metadata = await rungOf({ userId: popular.userId, context: mobile, bypassCache: true });
       expect(metadata.fallbackLevel).toBe(FallbackLevel.POPULAR);
       expect(metadata.fallbackReason).toMatch(/candidates: Unavailable/);
+      // The favourite category's list first, then the overall list.
+      expect(metadata.items.slice(0, 6).map((p) => p.itemId)).toEqual([...popular.favouriteItems, ...popular.otherItems]);
+      expect(metadata.items[0]!.explanation).toBe(`popular in ${popular.favourite}, one of your favourite categories`);
+      expect(retrievalProxy.calls.GetPopular ?? 0).toBe(popularCalls);
     });
 
-    it("static: retrieval is down entirely, the catalogue's defaults answer", async () => {
+    it("popular, overall: retrieval is down entirely, a user without features gets the overall list", async () => {
       retrievalProxy.inject({ "*": { fail: Code.Unavailable } });
-      const metadata = await rungOf({ userId: "u000011", context: mobile, bypassCache: true });
+      const metadata = await rungOf({ userId: "visitor-without-features", context: mobile, bypassCache: true });
+      expect(metadata.fallbackLevel).toBe(FallbackLevel.POPULAR);
+      expect(metadata.items.slice(0, 6).map((p) => p.itemId)).toEqual([...popular.otherItems, ...popular.favouriteItems]);
+      expect(metadata.items[0]!.explanation).toBe(`popular in ${popular.other}`);
+    });
+
+    it("popular from retrieval while the lists cannot be read; static only when retrieval is down too", async () => {
+      // Nothing listens on this address: the instance has no Redis (no lists, no L2, no in-process assigner).
+      const noRedis = await start({ REDIS_URL: `redis://127.0.0.1:${await freePort()}` });
+      const noRedisClient = createServiceClient(PredictionService, `127.0.0.1:${noRedis.port}`);
+      const ask = async () => {
+        const response = await noRedisClient.predict({ userId: "u000011", context: mobile, bypassCache: true, modelVariant: "default", numPredictions: 10 }, { timeoutMs: GENEROUS_MS });
+        expect(response.predictions).toHaveLength(10);
+        return response.metadata!;
+      };
+      retrievalProxy.inject({ GetCandidates: { fail: Code.Unavailable } });
+      expect(await ask()).toMatchObject({ fallbackLevel: FallbackLevel.POPULAR });
+      retrievalProxy.inject({ "*": { fail: Code.Unavailable } });
+      const metadata = await ask();
       expect(metadata).toMatchObject({ fallbackLevel: FallbackLevel.STATIC, modelVersions: { catalog: "v1" } });
       expect(metadata.fallbackReason).toMatch(/popular: Unavailable/);
+      await noRedis.shutdown();
+    });
+
+    it("with 30% of retrieval calls failing, under 2% of answers are static", async () => {
+      featureProxy.inject({});
+      retrievalProxy.inject({ "*": { fail: Code.Unavailable, failRatio: 0.3 } });
+      const callsBefore = retrievalProxy.calls.GetCandidates ?? 0;
+      const failedBefore = retrievalProxy.failed.GetCandidates ?? 0;
+      const total = 100;
+      const rungs = new Map<FallbackLevel, number>();
+      let next = 0;
+      const worker = async () => {
+        while (next < total) {
+          const userId = `u${String(200 + next++).padStart(6, "0")}`;
+          const { metadata } = await predict({ userId, context: mobile, bypassCache: true, modelVariant: "default", numPredictions: 10 });
+          rungs.set(metadata!.fallbackLevel, (rungs.get(metadata!.fallbackLevel) ?? 0) + 1);
+        }
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
+      const calls = (retrievalProxy.calls.GetCandidates ?? 0) - callsBefore;
+      const failed = (retrievalProxy.failed.GetCandidates ?? 0) - failedBefore;
+      // The fault really hit about 30% of the candidate calls, and each of those answered from a rung below.
+      expect(failed / calls).toBeGreaterThan(0.15);
+      expect(failed / calls).toBeLessThan(0.45);
+      expect(rungs.get(FallbackLevel.POPULAR) ?? 0).toBeGreaterThan(0);
+      expect([...rungs.values()].reduce((a, b) => a + b, 0)).toBe(total);
+      expect(rungs.get(FallbackLevel.STATIC) ?? 0).toBeLessThan(total * 0.02);
     });
   });
 
   it("sheds LOW with RESOURCE_EXHAUSTED and answers NORMAL from a cheaper rung when the queue backs up, while HIGH waits its turn", async () => {
     const narrow = await start({ MAX_CONCURRENT: "1", SHED_QUEUE_DELAY_MS: "20" });
     const narrowClient = createServiceClient(PredictionService, `127.0.0.1:${narrow.port}`);
-    retrievalProxy.inject({ GetCandidates: { delayMs: 200 } });
-    const ask = (userId: string, priority: Priority) => narrowClient.predict({ userId, context: mobile, bypassCache: true, priority }, { timeoutMs: 3000 });
+    // The variant is pinned: assignment is not what this test is about.
+    const ask = (userId: string, priority: Priority) =>
+      narrowClient.predict({ userId, context: mobile, bypassCache: true, priority, modelVariant: "default" }, { timeoutMs: GENEROUS_MS });
+    // The holder takes the only slot and keeps it until released: the queue backs up for as long as the test needs.
+    retrievalProxy.inject({ GetCandidates: { hold: true } });
     const holder = ask("u000020", Priority.HIGH);
-    await new Promise((r) => setTimeout(r, 30));
-    const [low, normal, high] = await Promise.allSettled([ask("u000021", Priority.LOW), ask("u000022", Priority.NORMAL), ask("u000023", Priority.HIGH)]);
+    await retrievalProxy.whenHeld(1);
+    const high = ask("u000023", Priority.HIGH);
+    const [low, normal] = await Promise.allSettled([ask("u000021", Priority.LOW), ask("u000022", Priority.NORMAL)]);
     retrievalProxy.inject({});
+    retrievalProxy.release();
     expect((await holder).metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
     expect(low.status === "rejected" && ConnectError.from(low.reason).code).toBe(Code.ResourceExhausted);
-    expect(normal.status === "fulfilled" && normal.value.metadata).toMatchObject({ fallbackLevel: FallbackLevel.STATIC, fallbackReason: "overloaded: shed by admission" });
-    expect(high.status === "fulfilled" && high.value.metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
+    expect(normal.status === "fulfilled" && normal.value.metadata).toMatchObject({ fallbackLevel: FallbackLevel.POPULAR, fallbackReason: "overloaded: shed by admission" });
+    expect((await high).metadata!.fallbackLevel).toBe(FallbackLevel.PRIMARY);
     await narrow.shutdown();
   });
 
   it("runs one computation for N identical concurrent requests", async () => {
-    retrievalProxy.inject({ GetCandidates: { delayMs: 150 } });
+    const n = 16;
+    retrievalProxy.inject({ GetCandidates: { hold: true } });
     const before = retrievalProxy.calls.GetCandidates ?? 0;
-    const request = { userId: "u000012", context: mobile, bypassCache: true, priority: Priority.HIGH };
-    const responses = await Promise.all(Array.from({ length: 16 }, () => predict(request)));
+    const joinedBefore = await metricValue("recsys_prediction_coalesced_total", { version: "v1" });
+    const request = { userId: "u000012", context: mobile, bypassCache: true, priority: Priority.HIGH, modelVariant: "default" };
+    const answers = Promise.all(Array.from({ length: n }, () => predict(request)));
+    // The first request's candidates call is held until every other request has joined its computation.
+    await retrievalProxy.whenHeld(1);
+    await expect.poll(async () => (await metricValue("recsys_prediction_coalesced_total", { version: "v1" })) - joinedBefore, EVENTUALLY).toBe(n - 1);
     retrievalProxy.inject({});
+    retrievalProxy.release();
+    const responses = await answers;
     expect((retrievalProxy.calls.GetCandidates ?? 0) - before).toBe(1);
     expect(new Set(responses.map((r) => JSON.stringify(r.predictions))).size).toBe(1);
     expect(responses.every((r) => r.metadata!.fallbackLevel === FallbackLevel.PRIMARY)).toBe(true);
@@ -302,6 +396,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     const errors: unknown[] = [];
     const rungs = new Set<FallbackLevel>();
     const versions = new Set<string>();
+    let answered = 0;
     let stop = false;
     const worker = async (w: number) => {
       for (let i = 0; !stop && i < 400; i++) {
@@ -312,16 +407,20 @@ describe("prediction service through real feature, retrieval and experiment serv
         } catch (err) {
           errors.push(err);
         }
+        answered++;
       }
     };
     const load = Promise.all([0, 1, 2, 3].map(worker));
-    await new Promise((r) => setTimeout(r, 300));
+    // Answers on the old models first, then the swap, then answers after it.
+    await expect.poll(() => answered, EVENTUALLY).toBeGreaterThanOrEqual(8);
     for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8"]) {
       cpSync(join(dir, "models", name, "v1"), join(dir, "models", name, "v2"), { recursive: true });
     }
     const reloaded = await client.reloadModels({}, admin);
     expect(reloaded.modelVersions).toMatchObject({ "ranker-gbdt": "v2", "ranker-mlp": "v2", embeddings: "v1" });
-    await new Promise((r) => setTimeout(r, 300));
+    // Four workers have at most four requests on the old models in flight: eight more answers include new ones.
+    const atSwap = answered;
+    await expect.poll(() => answered - atSwap, EVENTUALLY).toBeGreaterThanOrEqual(8);
     stop = true;
     await load;
     expect(errors).toEqual([]);
@@ -335,12 +434,15 @@ describe("prediction service through real feature, retrieval and experiment serv
     const quickClient = createServiceClient(PredictionService, `127.0.0.1:${quick.port}`);
     const request = { userId: "u000014", context: mobile, modelVariant: "default" };
     const first = await quickClient.predict(request);
-    expect(first.metadata).toMatchObject({ cacheLevel: CacheLevel.MISS, stale: false });
+    expect(first.metadata).toMatchObject({ cacheLevel: CacheLevel.MISS, stale: false, fallbackLevel: FallbackLevel.PRIMARY });
+    // Staleness is age: past the 1 s freshness the entry is stale, however slow the machine.
     await new Promise((r) => setTimeout(r, 1100));
+    const refreshesBefore = await metricValue("recsys_prediction_computations_total", { version: "v1", reason: "refresh" });
     const stale = await quickClient.predict(request);
     expect(stale.metadata).toMatchObject({ cacheLevel: CacheLevel.L1, stale: true, fallbackLevel: FallbackLevel.PRIMARY });
     expect(stale.predictions).toEqual(first.predictions);
-    await expect.poll(async () => (await quickClient.predict(request)).metadata!.stale).toBe(false);
+    await expect.poll(() => metricValue("recsys_prediction_computations_total", { version: "v1", reason: "refresh" }), EVENTUALLY).toBeGreaterThan(refreshesBefore);
+    await expect.poll(async () => (await quickClient.predict(request)).metadata!.stale, EVENTUALLY).toBe(false);
     await quick.shutdown();
   });
 
@@ -351,10 +453,12 @@ describe("prediction service through real feature, retrieval and experiment serv
       MODELS_DIR: join(dir, "models"),
       FEATURE_ADDR: featureProxy.address,
       RETRIEVAL_ADDR: retrievalProxy.address,
-      DEFAULT_DEADLINE_MS: "3000",
+      DEFAULT_DEADLINE_MS: String(GENEROUS_MS),
     });
     const progress: number[] = [];
-    const summary = await precompute({ config, users: 3, devices: [Device.MOBILE, Device.DESKTOP], concurrency: 2, onProgress: (done) => progress.push(done) });
+    // One instant for the job and the request below, so both fall in one time-of-day bucket.
+    const atMs = Date.now();
+    const summary = await precompute({ config, users: 3, devices: [Device.MOBILE, Device.DESKTOP], concurrency: 2, atMs, onProgress: (done) => progress.push(done) });
     expect(summary).toMatchObject({ written: 6, degraded: 0 });
     expect(progress).toEqual([1, 2, 3, 4, 5, 6]);
     const top = summary.users[0]!;
@@ -364,7 +468,7 @@ describe("prediction service through real feature, retrieval and experiment serv
       .split("\n")
       .map((line) => JSON.parse(line) as { entity_id: string; values: { user_log_events: number } });
     expect(top).toBe(activity.sort((a, b) => b.values.user_log_events - a.values.user_log_events)[0]!.entity_id);
-    const served = await predict({ userId: top, context: { device: Device.DESKTOP } });
+    const served = await predict({ userId: top, context: { device: Device.DESKTOP, timestamp: timestampFromMs(atMs) } });
     expect(served.metadata!.cacheLevel).toBe(CacheLevel.L2);
   });
 });
