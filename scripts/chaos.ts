@@ -48,7 +48,8 @@ export interface Sample {
   startedMs: number;
   /** A fallback level name, or the gRPC code name of an error. */
   outcome: string;
-  error: boolean;
+  /** The error's message ("upstream request timeout", "no healthy upstream"...), for errors. */
+  error?: string;
 }
 
 export interface FaultResult {
@@ -160,8 +161,8 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
       const startedMs = performance.now() - start;
       const userId = user((w * 7919 + i * 31) % options.users);
       const sample = await client.predict({ userId, numPredictions: 10, bypassCache: true }, { timeoutMs: 3000 }).then(
-        (answer) => ({ startedMs, outcome: levelName(answer.metadata?.fallbackLevel ?? FallbackLevel.UNSPECIFIED), error: false }),
-        (err: unknown) => ({ startedMs, outcome: Code[ConnectError.from(err).code], error: true }),
+        (answer): Sample => ({ startedMs, outcome: levelName(answer.metadata?.fallbackLevel ?? FallbackLevel.UNSPECIFIED) }),
+        (err: unknown): Sample => ({ startedMs, outcome: Code[ConnectError.from(err).code]!, error: ConnectError.from(err).rawMessage }),
       );
       samples.push(sample);
       await new Promise((r) => setTimeout(r, 50));
@@ -195,7 +196,7 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
   const primaryAgainMs = primaryRunStart(after, killedMs);
   const sampled: Record<string, number> = {};
   for (const s of after) sampled[s.outcome] = (sampled[s.outcome] ?? 0) + 1;
-  const worst = after.some((s) => s.error) ? "error" : liveLadder.map(levelName).reverse().find((name) => sampled[name]) ?? "none";
+  const worst = after.some((s) => s.error !== undefined) ? "error" : liveLadder.map(levelName).reverse().find((name) => sampled[name]) ?? "none";
   return { fault, edgeCodes: (report.status_codes as Record<string, number>) ?? {}, sampled, samples, answersByRung: rungs.totals, primaryAgainMs, backMs, worst };
 }
 

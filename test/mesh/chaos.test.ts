@@ -76,7 +76,7 @@ describe("kill -9 under load through the edge", () => {
     try {
       expect(Object.values(result.sampled).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
       expect(result.edgeCodes.Unavailable ?? 0).toBe(0);
-      expect(result.samples.filter((s) => s.error).map((s) => s.outcome)).toEqual([]);
+      expect(result.samples.filter((s) => s.error !== undefined).map((s) => `${s.outcome}: ${s.error}`)).toEqual([]);
       expect(rank(result.worst)).toBeLessThanOrEqual(rank(levelName(oneRungBelow(f.requires))));
       expect(result.backMs).not.toBeNull();
       expect(result.backMs!).toBeLessThan(10_000);
