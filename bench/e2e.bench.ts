@@ -58,22 +58,27 @@ function workloads(dir: string): Workload[] {
 }
 
 async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
+  // ghz divides --rps among its workers: with more workers than requests per second
+  // each worker's share rounds away and the offered rate is never reached. One worker
+  // per request per second, up to 128, keeps every worker's share at one or more.
   const run = (name: string, rps?: number, durationS = seconds) =>
-    ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? 128 : 32, connections: 4, durationS, rps, extra: { workload: w.name } });
+    ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? Math.min(128, rps) : 32, connections: 4, durationS, rps, extra: { workload: w.name } });
   if (w.name.startsWith("cached")) await run(`${w.name} warm-up`, undefined, seconds);
   const ceiling = await run(`${w.name} ceiling (closed loop, c=32)`);
   const points: ScenarioResult[] = [];
   for (const f of fractions) {
     const rps = Math.max(10, Math.round(ceiling.qps * f));
-    points.push(await run(`${w.name} @ ${rps} rps offered`, rps));
+    const point = await run(`${w.name} @ ${rps} rps offered`, rps);
+    // A point that did not reach 95% of its offered rate measured a lower load than it says.
+    points.push({ ...point, reached_offered_rate: point.qps >= 0.95 * rps });
   }
   return { ceiling, points };
 }
 
 async function plot(points: ScenarioResult[], file: string) {
   const values = points.flatMap((p) => [
-    { workload: p.workload, offered: p.offered_rps, latency: p.p50_ms, quantile: "p50" },
-    { workload: p.workload, offered: p.offered_rps, latency: p.p99_ms, quantile: "p99" },
+    { workload: p.workload, offered: p.offered_rps, latency: p.p50_ms, quantile: "p50", reached: p.reached_offered_rate ? "yes" : "no (below 95%)" },
+    { workload: p.workload, offered: p.offered_rps, latency: p.p99_ms, quantile: "p99", reached: p.reached_offered_rate ? "yes" : "no (below 95%)" },
   ]);
   const spec = compile({
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
@@ -81,8 +86,9 @@ async function plot(points: ScenarioResult[], file: string) {
     width: 640,
     height: 360,
     data: { values },
-    mark: { type: "line", point: true },
+    mark: { type: "line", point: { filled: true } },
     encoding: {
+      shape: { field: "reached", type: "nominal", title: "offered rate reached" },
       x: { field: "offered", type: "quantitative", title: "offered load (requests/s)" },
       y: { field: "latency", type: "quantitative", title: "latency (ms, log)", scale: { type: "log" } },
       color: { field: "workload", type: "nominal" },
@@ -98,7 +104,7 @@ function table(ceilings: ScenarioResult[], points: ScenarioResult[]): string {
     "| workload | offered rps | achieved QPS | p50 ms | p99 ms | errors |",
     "|---|---|---|---|---|---|",
     ...ceilings.map((c) => `| ${c.workload} | ceiling (closed loop) | ${c.qps} | ${c.p50_ms.toFixed(2)} | ${c.p99_ms.toFixed(2)} | ${c.errors} |`),
-    ...points.map((p) => `| ${p.workload} | ${p.offered_rps} | ${p.qps} | ${p.p50_ms.toFixed(2)} | ${p.p99_ms.toFixed(2)} | ${p.errors} |`),
+    ...points.map((p) => `| ${p.workload} | ${p.offered_rps}${p.reached_offered_rate ? "" : " (not reached)"} | ${p.qps} | ${p.p50_ms.toFixed(2)} | ${p.p99_ms.toFixed(2)} | ${p.errors} |`),
   ];
   return `${rows.join("\n")}\n`;
 }

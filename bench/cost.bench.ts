@@ -1,0 +1,113 @@
+// `npm run bench -- cost`: CPU per call, summed over every process of the mesh, for
+// echo, cached Predict and full Predict through the edge. CPU seconds per process
+// come from /proc (utime + stime) before and after a closed-loop ghz run, divided by
+// the calls served: a figure that holds on a noisy machine where QPS does not.
+// Processes are found by the ports they listen on (envoy/topology.ts), so ghz and
+// this process are not counted.
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { localListeners } from "../envoy/topology.js";
+import { startMesh, type Mesh } from "../scripts/mesh.js";
+import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { ROOT } from "../scripts/tools.js";
+
+const seconds = Number(process.env.COST_SECONDS ?? 10);
+const concurrency = Number(process.env.COST_CONCURRENCY ?? 16);
+const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
+
+/** The mesh's processes, named by what listens: "prediction-v1 app", "edge", "redis"... */
+function meshProcesses(): Map<number, string> {
+  const byPort = new Map(localListeners().map((l) => [l.port, l.what]));
+  const out = execFileSync("ss", ["-ltnpH"], { encoding: "utf8" });
+  const processes = new Map<number, string>();
+  for (const line of out.split("\n")) {
+    const port = Number(line.split(/\s+/)[3]?.split(":").pop());
+    const pid = Number(/pid=(\d+)/.exec(line)?.[1]);
+    const what = byPort.get(port);
+    if (!what || !pid || processes.has(pid)) continue;
+    // One name per process: "prediction-v1 app (gRPC)" and "(metrics)" are one app.
+    processes.set(pid, what.replace(/ \(.*\)$/, "").replace(/ (ingress|admin|egress to \w+)$/, ""));
+  }
+  return processes;
+}
+
+function cpuSeconds(pid: number): number {
+  // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+function snapshot(processes: Map<number, string>): Map<number, number> {
+  return new Map([...processes.keys()].map((pid) => [pid, cpuSeconds(pid)]));
+}
+
+interface Workload {
+  name: string;
+  call: string;
+  proto: string;
+  messages: unknown[];
+  warmUp?: boolean;
+}
+
+function userIds(): string[] {
+  return readFileSync(join(ROOT, "models", "embeddings", "v1", "user_ids.txt"), "utf8").trim().split("\n");
+}
+
+function workloads(): Workload[] {
+  const users = userIds();
+  const zipf = zipfSampler(users.length, 1.1, 42);
+  const predict = { call: "recsys.prediction.v1.PredictionService.Predict", proto: "recsys/prediction/v1/prediction.proto" };
+  return [
+    { name: "echo via edge + sidecar", call: "recsys.echo.v1.EchoService.Echo", proto: "recsys/echo/v1/echo.proto", messages: [{ message: "x".repeat(256) }] },
+    { name: "cached Predict (Zipf 1.1)", ...predict, warmUp: true, messages: Array.from({ length: 20_000 }, () => ({ user_id: users[zipf()], num_predictions: 10 })) },
+    { name: "full Predict (cache off)", ...predict, messages: Array.from({ length: 20_000 }, (_, i) => ({ user_id: users[(i * 7919) % users.length], num_predictions: 10, bypass_cache: true })) },
+  ];
+}
+
+async function measureCost(mesh: Mesh, w: Workload, dir: string): Promise<ScenarioResult> {
+  const dataFile = join(dir, `${w.name.replace(/\W+/g, "-")}.json`);
+  writeFileSync(dataFile, JSON.stringify(w.messages));
+  const run = (name: string) => ghz({ name, address: mesh.edge, call: w.call, proto: w.proto, dataFile, concurrency, connections: 4, durationS: seconds });
+  if (w.warmUp) await run(`${w.name} warm-up`);
+  const processes = meshProcesses();
+  const before = snapshot(processes);
+  const result = await run(w.name);
+  const after = snapshot(processes);
+  const byProcess: Record<string, number> = {};
+  for (const [pid, what] of processes) {
+    const us = ((after.get(pid)! - before.get(pid)!) * 1e6) / Math.max(1, result.count as number);
+    byProcess[what] = Math.round((byProcess[what] ?? 0) + us);
+  }
+  const total = Object.values(byProcess).reduce((a, b) => a + b, 0);
+  return { ...result, cpu_us_per_call: byProcess, cpu_us_per_call_total: total };
+}
+
+const suite: BenchSuite = {
+  name: "cost",
+  async run() {
+    const mesh = await startMesh({ env: { LOG_LEVEL: "warn" } });
+    try {
+      const dir = mkdtempSync(join(tmpdir(), "recsys-cost-"));
+      const results: ScenarioResult[] = [];
+      for (const w of workloads()) {
+        const r = await measureCost(mesh, w, dir);
+        console.log(`${w.name}: ${r.qps} QPS, ${r.cpu_us_per_call_total} us CPU per call`, r.cpu_us_per_call);
+        results.push(r);
+      }
+      const [echo, cached, full] = results.map((r) => r.cpu_us_per_call_total as number) as [number, number, number];
+      return {
+        scenarios: results,
+        ratios: [
+          ratio("full Predict CPU per call, all processes (us)", full, "<= 2500", full <= 2500),
+          ratio("cached Predict / echo CPU per call", cached / echo, "<= 1.3", cached / echo <= 1.3),
+        ],
+      };
+    } finally {
+      await mesh.stop();
+    }
+  },
+};
+export default suite;
