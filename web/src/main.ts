@@ -1,0 +1,200 @@
+// The console's page: asks the edge for predictions over gRPC-web or Connect with
+// the generated client, renders the answer and its metadata, and polls the console
+// server's read-only /api/stats for the edge's live figures.
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
+import { CacheLevel, FallbackLevel, PredictionService, type PredictResponse, type StageLatency } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+
+type Protocol = "grpc-web" | "connect";
+
+interface ConsoleStats {
+  edge: { reachable: boolean; qps: number | null; errorsByCode: Record<string, number>; rateLimited: number; canaryWeights: Record<string, number> };
+  prediction: { version: string; reachable: boolean; answers: number; fallbackRate: number | null }[];
+}
+
+const STATS_INTERVAL_MS = 2000;
+const REQUEST_TIMEOUT_MS = 5000;
+
+const byId = <T extends HTMLElement>(id: string) => {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`#${id} missing from the page`);
+  return el as T;
+};
+const text = (id: string, value: string) => (byId(id).textContent = value);
+const levelName = (names: Record<number, string>, prefix: string, value: number) => (names[value] ?? String(value)).replace(prefix, "").toLowerCase();
+
+/** The edge: ?edge=<url> first, then the console server's /config.json. */
+async function edgeUrl(): Promise<string> {
+  const param = new URLSearchParams(location.search).get("edge");
+  if (param) return new URL(param).origin;
+  const config = (await (await fetch("/config.json")).json()) as { edge: string };
+  return config.edge;
+}
+
+function transports(baseUrl: string): Record<Protocol, Transport> {
+  return {
+    "grpc-web": createGrpcWebTransport({ baseUrl }),
+    // JSON, so the calls read plainly in the browser's network panel.
+    connect: createConnectTransport({ baseUrl, useBinaryFormat: false }),
+  };
+}
+
+function renderStages(stages: StageLatency[]) {
+  const list = byId<HTMLUListElement>("stages");
+  list.replaceChildren();
+  const longest = Math.max(...stages.map((s) => s.ms), 0.001);
+  for (const stage of stages) {
+    const item = document.createElement("li");
+    const name = document.createElement("span");
+    name.textContent = stage.stage;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.setAttribute("aria-hidden", "true");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.display = "block";
+    bar.style.width = `${(100 * stage.ms) / longest}%`;
+    track.append(bar);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = stage.ms.toFixed(2);
+    item.append(name, track, value);
+    list.append(item);
+  }
+  byId("stages-figure").hidden = stages.length === 0;
+}
+
+function renderItems(res: PredictResponse) {
+  const body = byId<HTMLTableElement>("items").tBodies[0]!;
+  body.replaceChildren();
+  for (const p of res.predictions) {
+    const row = body.insertRow();
+    for (const [value, cls] of [[String(p.rank), ""], [p.itemId, ""], [p.category, ""], [p.score.toFixed(4), "score"], [p.explanation, ""]] as const) {
+      const cell = row.insertCell();
+      cell.textContent = value;
+      if (cls) cell.className = cls;
+    }
+  }
+  byId("items").hidden = res.predictions.length === 0;
+}
+
+function renderAnswer(res: PredictResponse, protocol: Protocol, servedBy: string | null) {
+  const meta = res.metadata;
+  text("meta-transport", protocol === "grpc-web" ? "gRPC-web" : "Connect");
+  text("meta-version", servedBy ?? "not exposed by the edge");
+  text("meta-variant", meta?.variant || "–");
+  text("meta-experiment", meta?.experimentId || "none");
+  text("meta-cache", levelName(CacheLevel, "CACHE_LEVEL_", meta?.cacheLevel ?? 0));
+  const fallback = levelName(FallbackLevel, "FALLBACK_LEVEL_", meta?.fallbackLevel ?? 0);
+  const degraded = (meta?.fallbackLevel ?? 0) > FallbackLevel.PRIMARY;
+  text("meta-fallback", degraded && meta?.fallbackReason ? `${fallback} (${meta.fallbackReason})` : fallback + (meta?.stale ? " (stale)" : ""));
+  byId("meta-fallback").classList.toggle("degraded", degraded);
+  text("meta-models", Object.entries(meta?.modelVersions ?? {}).map(([k, v]) => `${k} ${v}`).join(", ") || "–");
+  text("meta-latency", `${(meta?.latencyMs ?? 0).toFixed(1)} ms`);
+  text("meta-trace", meta?.traceId || "–");
+  byId("meta").hidden = false;
+  renderStages(meta?.stages ?? []);
+  renderItems(res);
+}
+
+function formValues() {
+  const form = byId<HTMLFormElement>("predict-form");
+  const data = new FormData(form);
+  return {
+    userId: String(data.get("user") ?? "").trim(),
+    count: Number(data.get("count")),
+    device: Number(data.get("device")),
+    protocol: (data.get("transport") === "connect" ? "connect" : "grpc-web") as Protocol,
+    canary: String(data.get("canary") ?? ""),
+    bypassCache: data.get("bypass") === "on",
+  };
+}
+
+function setupPredict(clients: Record<Protocol, ReturnType<typeof createClient<typeof PredictionService>>>) {
+  const form = byId<HTMLFormElement>("predict-form");
+  const button = byId<HTMLButtonElement>("predict");
+  const status = byId("status");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const v = formValues();
+    button.disabled = true;
+    status.className = "";
+    status.textContent = `Asking over ${v.protocol === "grpc-web" ? "gRPC-web" : "Connect"}…`;
+    let servedBy: string | null = null;
+    const started = performance.now();
+    try {
+      const res = await clients[v.protocol].predict(
+        { userId: v.userId, numPredictions: v.count, context: { device: v.device }, bypassCache: v.bypassCache },
+        {
+          timeoutMs: REQUEST_TIMEOUT_MS,
+          headers: v.canary ? { "x-canary": v.canary } : {},
+          onHeader: (h) => (servedBy = h.get("x-service-version")),
+        },
+      );
+      renderAnswer(res, v.protocol, servedBy);
+      status.textContent = `${res.predictions.length} items for ${v.userId} in ${(performance.now() - started).toFixed(0)} ms.`;
+      byId("result").dataset.protocol = v.protocol;
+    } catch (err) {
+      const e = ConnectError.from(err);
+      status.className = "error";
+      status.textContent = `${Code[e.code]}: ${e.rawMessage}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function renderStats(s: ConsoleStats) {
+  text("stat-qps", s.edge.qps === null ? "–" : s.edge.qps.toFixed(1));
+  text("stat-weights", Object.entries(s.edge.canaryWeights).map(([v, w]) => `${v} ${w}%`).join(" · ") || "–");
+  text("stat-limited", String(s.edge.rateLimited));
+  const errors = Object.entries(s.edge.errorsByCode);
+  text("stat-errors", errors.length ? errors.map(([code, n]) => `${code} ${n}`).join(" · ") : "none");
+  text(
+    "stat-fallback",
+    s.prediction.map((p) => `${p.version} ${!p.reachable ? "down" : p.fallbackRate === null ? "no answers yet" : `${(100 * p.fallbackRate).toFixed(1)}% of ${p.answers}`}`).join(" · "),
+  );
+}
+
+function setupStats() {
+  const status = byId("stats-status");
+  const toggle = byId<HTMLButtonElement>("stats-toggle");
+  let paused = false;
+  const poll = async () => {
+    if (paused) return;
+    try {
+      const s = (await (await fetch("/api/stats")).json()) as ConsoleStats;
+      renderStats(s);
+      status.className = "";
+      status.textContent = s.edge.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : "The edge's stats are unreachable.";
+      byId("stats").dataset.samples = String(Number(byId("stats").dataset.samples ?? 0) + 1);
+    } catch {
+      status.className = "error";
+      status.textContent = "The console server does not answer.";
+    }
+  };
+  toggle.addEventListener("click", () => {
+    paused = !paused;
+    toggle.setAttribute("aria-pressed", String(paused));
+    toggle.textContent = paused ? "Resume updates" : "Pause updates";
+    if (!paused) void poll();
+  });
+  void poll();
+  setInterval(() => void poll(), STATS_INTERVAL_MS);
+}
+
+async function main() {
+  const users = byId<HTMLDataListElement>("users");
+  for (let i = 1; i <= 20; i++) users.append(new Option(`u${String(i).padStart(6, "0")}`));
+  const baseUrl = await edgeUrl();
+  text("edge-url", baseUrl);
+  const t = transports(baseUrl);
+  setupPredict({ "grpc-web": createClient(PredictionService, t["grpc-web"]), connect: createClient(PredictionService, t.connect) });
+  setupStats();
+  document.body.dataset.ready = "true";
+}
+
+main().catch((err: unknown) => {
+  text("status", `The console could not start: ${String(err)}`);
+  byId("status").className = "error";
+});
