@@ -14,6 +14,8 @@ export interface BatcherOptions {
   maxInFlight: number;
   /** Requests per p99 window. */
   windowSize?: number;
+  /** Milliseconds on a monotonic clock (default performance.now); tests move it. */
+  now?: () => number;
 }
 
 export interface BatchStats {
@@ -61,6 +63,7 @@ export class MicroBatcher {
   private timer: NodeJS.Timeout | undefined;
   private readonly window: number[] = [];
   private readonly windowSize: number;
+  private readonly now: () => number;
   /** Current adaptive limits. */
   maxRows: number;
   maxWaitMs: number;
@@ -73,6 +76,7 @@ export class MicroBatcher {
     this.maxRows = options.maxRows;
     this.maxWaitMs = options.maxWaitMs;
     this.windowSize = options.windowSize ?? 200;
+    this.now = options.now ?? (() => performance.now());
   }
 
   /** Scores `rows` rows; resolves with this request's scores only. */
@@ -81,7 +85,7 @@ export class MicroBatcher {
       return Promise.reject(new Error(`batcher: expected ${rows} x ${this.options.width} values, got ${features.length}`));
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ features, rows, enqueuedAt: performance.now(), resolve, reject });
+      this.queue.push({ features, rows, enqueuedAt: this.now(), resolve, reject });
       this.queuedRows += rows;
       this.pump();
     });
@@ -89,7 +93,7 @@ export class MicroBatcher {
 
   private pump(): void {
     while (this.queue.length > 0 && this.inFlight < this.options.maxInFlight) {
-      const waited = performance.now() - this.queue[0]!.enqueuedAt;
+      const waited = this.now() - this.queue[0]!.enqueuedAt;
       const due = this.inFlight === 0 || this.queuedRows >= this.maxRows || waited >= this.maxWaitMs;
       if (!due) {
         this.timer ??= setTimeout(() => {
@@ -135,7 +139,7 @@ export class MicroBatcher {
     }
     this.run(features, rows).then(
       ({ scores, runMs }) => {
-        const finished = performance.now();
+        const finished = this.now();
         let offset = 0;
         for (const p of batch) {
           p.resolve(scores.subarray(offset, offset + p.rows));

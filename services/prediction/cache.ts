@@ -79,6 +79,8 @@ export class PredictionCache {
   private readonly redis: Redis;
   private readonly subscriber: Redis;
   private readonly instanceId = randomUUID();
+  /** L2 writes not yet answered, so close() lets them land. */
+  private readonly writes = new Set<Promise<void>>();
   private readonly freshMs: number;
   private readonly maxAgeMs: number;
 
@@ -195,7 +197,7 @@ export class PredictionCache {
     const field = fieldOf(key);
     this.setL1(key.userId, field, entry);
     const hashKey = PREFIX + key.userId;
-    return this.redis
+    const write: Promise<void> = this.redis
       .multi()
       .hset(hashKey, field, JSON.stringify(entry))
       .expire(hashKey, Math.ceil(this.maxAgeMs / 1000))
@@ -203,7 +205,10 @@ export class PredictionCache {
       .then(
         () => undefined,
         () => undefined,
-      );
+      )
+      .finally(() => this.writes.delete(write));
+    this.writes.add(write);
+    return write;
   }
 
   private setL1(userId: string, field: string, entry: CachedPrediction): void {
@@ -256,7 +261,9 @@ export class PredictionCache {
     return { l1Removed, l2Removed };
   }
 
+  /** Lets pending L2 writes land (each bounded by the command timeout), then disconnects. */
   async close(): Promise<void> {
+    await Promise.all(this.writes);
     this.redis.disconnect();
     this.subscriber.disconnect();
   }

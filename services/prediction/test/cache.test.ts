@@ -76,7 +76,8 @@ describe("prediction cache (L1 LRU + L2 real Redis)", () => {
     await a.set(key("u5"), entry(Date.now()));
     await b.get(key("u5"));
     expect(await a.invalidate(["u5", "never-cached"])).toEqual({ l1Removed: 1, l2Removed: 1 });
-    await expect.poll(() => b.get(key("u5"))).toBeUndefined();
+    // Pub/sub reaches the other instance when the machine gets round to it: wait for it, generously.
+    await expect.poll(() => b.get(key("u5")), { timeout: 20_000 }).toBeUndefined();
     expect(await probe.exists("recsys:pred:u:u5")).toBe(0);
   });
 

@@ -1,5 +1,4 @@
-import { setTimeout as sleep } from "node:timers/promises";
-import { describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Device, Priority, RequestContextSchema } from "../../../gen/recsys/common/v1/common_pb.js";
@@ -11,15 +10,38 @@ import { checkTimeZone, contextBucket, localRequestFeatures } from "../context.j
 import { diversify } from "../ranking.js";
 import { BUILT_IN_VARIANTS, fromExperiment, parseExplicitVariant } from "../variants.js";
 
-/** A model stand-in that scores a row by its first value, records each run's size and reports runMs as its run time. */
-function recordingRunner(runMs: number, reportedRunMs = runMs) {
+/**
+ * A model stand-in that scores a row by its first value and records each run's
+ * size. A run finishes only when the test says so (finishRun), so what merges with
+ * what depends on the order of events, never on how fast the machine is; each run
+ * reports `runMs` as its run time and moves the batcher's clock by `clockMs`.
+ */
+function gatedRunner(runMs: number, clockMs = 0) {
   const runs: number[] = [];
-  const run = async (features: Float32Array, rows: number) => {
+  const waiting: (() => void)[] = [];
+  const clock = { ms: 0 };
+  const run = (features: Float32Array, rows: number) => {
     runs.push(rows);
-    await sleep(runMs);
-    return { scores: Float32Array.from({ length: rows }, (_, i) => features[i * 2]!), runMs: reportedRunMs };
+    return new Promise<{ scores: Float32Array; runMs: number }>((resolve) =>
+      waiting.push(() => {
+        clock.ms += clockMs;
+        resolve({ scores: Float32Array.from({ length: rows }, (_, i) => features[i * 2]!), runMs });
+      }),
+    );
   };
-  return { runs, run };
+  /** Finishes the oldest run still going; resolves once its callers have their scores. */
+  const finishRun = async () => {
+    waiting.shift()!();
+    await new Promise((r) => setImmediate(r));
+  };
+  /** Finishes runs, including those started meanwhile, until `promise` settles. */
+  const finishAll = async <T>(promise: Promise<T>): Promise<T> => {
+    let settled = false;
+    void promise.finally(() => (settled = true)).catch(() => undefined);
+    while (!settled) await finishRun();
+    return promise;
+  };
+  return { runs, run, finishRun, finishAll, now: () => clock.ms };
 }
 
 const rowsOf = (...firsts: number[]) => Float32Array.from(firsts.flatMap((x) => [x, 0]));
@@ -28,28 +50,29 @@ describe("MicroBatcher", () => {
   const options = { width: 2, maxRows: 1000, maxWaitMs: 50, p99TargetMs: 1000, maxInFlight: 1 };
 
   it("runs a request on an idle model at once, without waiting for company", async () => {
-    const { runs, run } = recordingRunner(0);
+    const { runs, run, finishAll } = gatedRunner(0);
     const batcher = new MicroBatcher(run, options);
-    const started = performance.now();
-    expect([...(await batcher.submit(rowsOf(7), 1))]).toEqual([7]);
-    expect(performance.now() - started).toBeLessThan(options.maxWaitMs);
+    const scores = batcher.submit(rowsOf(7), 1);
+    // Dispatched within submit itself: no timer, no wait for other requests.
     expect(runs).toEqual([1]);
+    expect([...(await finishAll(scores))]).toEqual([7]);
   });
 
   it("merges requests that arrive while a run is in flight and hands each its own scores", async () => {
-    const { runs, run } = recordingRunner(20);
+    const { runs, run, finishAll } = gatedRunner(1);
     const batcher = new MicroBatcher(run, options);
     const first = batcher.submit(rowsOf(1), 1);
     const rest = [batcher.submit(rowsOf(2, 3), 2), batcher.submit(rowsOf(4), 1), batcher.submit(rowsOf(5, 6, 7), 3)];
-    const scores = await Promise.all([first, ...rest]);
+    expect(runs).toEqual([1]);
+    const scores = await finishAll(Promise.all([first, ...rest]));
     expect(scores.map((s) => [...s])).toEqual([[1], [2, 3], [4], [5, 6, 7]]);
     expect(runs).toEqual([1, 6]);
   });
 
   it("never exceeds the row cap, except for a single oversized request", async () => {
-    const { runs, run } = recordingRunner(5);
+    const { runs, run, finishAll } = gatedRunner(1);
     const batcher = new MicroBatcher(run, { ...options, maxRows: 4 });
-    await Promise.all([batcher.submit(rowsOf(0), 1), batcher.submit(rowsOf(1, 1, 1), 3), batcher.submit(rowsOf(2, 2), 2), batcher.submit(rowsOf(3, 3, 3, 3, 3), 5)]);
+    await finishAll(Promise.all([batcher.submit(rowsOf(0), 1), batcher.submit(rowsOf(1, 1, 1), 3), batcher.submit(rowsOf(2, 2), 2), batcher.submit(rowsOf(3, 3, 3, 3, 3), 5)]));
     expect(runs).toEqual([1, 3, 2, 5]);
   });
 
@@ -65,27 +88,35 @@ describe("MicroBatcher", () => {
   });
 
   it("shrinks the row cap when a merged run takes more than half the p99 target, and grows it back on fast full batches", async () => {
-    const slow = new MicroBatcher(recordingRunner(5, 30).run, { ...options, maxRows: 4000, p99TargetMs: 40 });
-    await slow.submit(rowsOf(1), 1);
+    const slowRunner = gatedRunner(30);
+    const slow = new MicroBatcher(slowRunner.run, { ...options, maxRows: 4000, p99TargetMs: 40 });
+    await slowRunner.finishAll(slow.submit(rowsOf(1), 1));
     expect(slow.maxRows).toBe(4000);
-    await Promise.all([slow.submit(rowsOf(1), 1), slow.submit(rowsOf(2), 1), slow.submit(rowsOf(3), 1)]);
+    await slowRunner.finishAll(Promise.all([slow.submit(rowsOf(1), 1), slow.submit(rowsOf(2), 1), slow.submit(rowsOf(3), 1)]));
+    expect(slowRunner.runs).toEqual([1, 1, 2]);
     expect(slow.maxRows).toBe(3000);
-    const fast = new MicroBatcher(recordingRunner(0, 1).run, { ...options, maxRows: 4000, p99TargetMs: 40 });
+    const fastRunner = gatedRunner(1);
+    const fast = new MicroBatcher(fastRunner.run, { ...options, maxRows: 4000, p99TargetMs: 40 });
     fast.maxRows = 1200;
-    await fast.submit(Float32Array.from({ length: 2400 }), 1200);
+    await fastRunner.finishAll(fast.submit(Float32Array.from({ length: 2400 }), 1200));
     expect(fast.maxRows).toBe(1350);
   });
 
   it("halves the max wait when requests' p99 passes the target, but keeps batches large when only queueing is slow", async () => {
-    const { run } = recordingRunner(3, 0.1);
-    const batcher = new MicroBatcher(run, { ...options, maxRows: 2000, p99TargetMs: 1, maxInFlight: 2, windowSize: 10 });
-    await Promise.all(Array.from({ length: 10 }, () => batcher.submit(rowsOf(1), 1)));
+    // Each run takes 3 ms on the batcher's clock but reports 0.1 ms of model time: the wait is queueing.
+    const { run, finishAll, now } = gatedRunner(0.1, 3);
+    const batcher = new MicroBatcher(run, { ...options, maxRows: 2000, p99TargetMs: 1, maxInFlight: 2, windowSize: 10, now });
+    await finishAll(Promise.all(Array.from({ length: 10 }, () => batcher.submit(rowsOf(1), 1))));
     expect(batcher.maxWaitMs).toBe(25);
     expect(batcher.maxRows).toBe(2000);
   });
 });
 
 describe("Admission", () => {
+  // The clock and the shedding timers are the test's: queueing delays are exact, whatever the machine's speed.
+  beforeEach(() => void vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "performance"] }));
+  afterEach(() => void vi.useRealTimers());
+
   it("admits up to the limit, then serves waiters by priority", async () => {
     const admission = new Admission(1, 1000);
     const first = await admission.acquire(Priority.NORMAL);
@@ -93,23 +124,28 @@ describe("Admission", () => {
     const low = admission.acquire(Priority.LOW).then((t) => (order.push("low"), t));
     const critical = admission.acquire(Priority.CRITICAL).then((t) => (order.push("critical"), t));
     expect(first.admitted).toBe(true);
+    await vi.advanceTimersByTimeAsync(5);
     if (first.admitted) first.release();
     const c = await critical;
+    expect(c).toMatchObject({ admitted: true, waitedMs: 5 });
     if (c.admitted) c.release();
-    await low;
+    expect(await low).toMatchObject({ admitted: true, waitedMs: 5 });
     expect(order).toEqual(["critical", "low"]);
   });
 
   it("sheds LOW and NORMAL once the queueing delay passes the threshold, and still queues HIGH", async () => {
     const admission = new Admission(1, 20);
     const holder = await admission.acquire(Priority.HIGH);
-    const waitingLow = admission.acquire(Priority.LOW);
+    let lowOutcome: unknown;
+    const waitingLow = admission.acquire(Priority.LOW).then((t) => (lowOutcome = t));
     const waitingHigh = admission.acquire(Priority.HIGH);
-    await sleep(30);
-    expect(await waitingLow).toMatchObject({ admitted: false });
+    await vi.advanceTimersByTimeAsync(19);
+    expect(lowOutcome).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(2);
+    expect(await waitingLow).toMatchObject({ admitted: false, waitedMs: 20 });
     expect(await admission.acquire(Priority.NORMAL)).toMatchObject({ admitted: false, waitedMs: 0 });
     if (holder.admitted) holder.release();
-    expect(await waitingHigh).toMatchObject({ admitted: true });
+    expect(await waitingHigh).toMatchObject({ admitted: true, waitedMs: 21 });
   });
 });
 

@@ -85,6 +85,8 @@ describe("prediction service through real feature, retrieval and experiment serv
       EXPERIMENT_ADDR: `127.0.0.1:${servers[0]!.port}`,
       DEFAULT_DEADLINE_MS: String(GENEROUS_MS),
       POPULAR_REFRESH_MS: "200",
+      // A Redis reply slower than this counts as a cache miss; these tests are about what is cached, not Redis's speed.
+      REDIS_TIMEOUT_MS: "2000",
       ...env,
     });
     servers.push(server);
