@@ -76,6 +76,8 @@ export interface FaultRunOptions {
   durationS: number;
   /** Seconds of load before the kill. */
   killAfterS: number;
+  /** Seconds of sampling after the killed process is back (when that is past the load). */
+  settleS: number;
   /** Concurrent Node samplers of Predict with bypass_cache. */
   samplers: number;
   users: number;
@@ -156,8 +158,11 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
 
   const samples: Sample[] = [];
   const client = createServiceClient(PredictionService, mesh.edge);
+  // Sampling goes on past the load until the killed process has been back a while, so
+  // the return to PRIMARY is seen; at most a minute past the kill.
+  let sampleUntil = Number.POSITIVE_INFINITY;
   const samplers = Array.from({ length: options.samplers }, async (_, w) => {
-    for (let i = 0; performance.now() < endAt; i++) {
+    for (let i = 0; performance.now() < sampleUntil; i++) {
       const startedMs = performance.now() - start;
       const userId = user((w * 7919 + i * 31) % options.users);
       const sample = await client.predict({ userId, numPredictions: 10, bypassCache: true }, { timeoutMs: 3000 }).then(
@@ -181,10 +186,11 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
   process.kill(pidOf(mesh, fault), "SIGKILL");
   // Let the process die before asking whether it serves again.
   await new Promise((r) => setTimeout(r, 100));
-  const back = serving(mesh, fault, 30_000).then(
+  const back = serving(mesh, fault, 60_000).then(
     () => performance.now() - start - killedMs,
     () => null,
   );
+  void back.then((ms) => (sampleUntil = Math.max(endAt, start + killedMs + (ms === null ? 60_000 : ms + options.settleS * 1000))));
 
   const [report] = await Promise.all([load, ...samplers]);
   const backMs = await back;
@@ -256,6 +262,7 @@ async function main() {
     concurrency: Number(values.concurrency),
     samplers: 2,
     users: 500,
+    settleS: 10,
   };
   const chosen = values.only ? faults.filter((f) => values.only!.split(",").some((name) => f.name.startsWith(name))) : faults;
   const runDir = mkdtempSync(join(tmpdir(), "recsys-chaos-"));

@@ -24,7 +24,7 @@ export interface MeshOptions {
   instanceEnv?: Record<string, Record<string, string>>;
   /** Extra node flags per instance id, e.g. ["--cpu-prof"] for profiling. */
   instanceNodeArgs?: Record<string, string[]>;
-  /** Logs, Redis's append-only files and the replayed batch data go here (default .run/). */
+  /** Logs, Redis's append-only files and the replayed batch data go here (default $RECSYS_RUN_DIR, else .run/). */
   runDir?: string;
   /** How long to wait for every instance to report SERVING. */
   readyTimeoutMs?: number;
@@ -208,7 +208,7 @@ const aborted = (signal: AbortSignal | undefined) =>
   });
 
 export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
-  const runDir = options.runDir ?? join(ROOT, ".run");
+  const runDir = options.runDir ?? process.env.RECSYS_RUN_DIR ?? join(ROOT, ".run");
   const logDir = join(runDir, "logs");
   mkdirSync(logDir, { recursive: true });
   const log = options.log ?? ((line: string) => console.error(`[mesh ${new Date().toISOString()}] ${line}`));

@@ -164,6 +164,7 @@ export class Supervised {
   }
 
   start(): this {
+    if (this.running) throw new Error(`${this.spec.name} is already running (pid ${this.child.pid})`);
     this.stopped = false;
     clearTimeout(this.timer);
     this.timer = undefined;

@@ -56,7 +56,7 @@ describe("kill -9 under load through the edge", () => {
   let mesh: Mesh;
   const runDir = mkdtempSync(join(tmpdir(), "recsys-chaos-test-"));
   const supervisorLines: string[] = [];
-  const short = { concurrency: 4, rps: 40, durationS: 8, killAfterS: 2, samplers: 2, users: 500, dataDir: runDir };
+  const short = { concurrency: 4, rps: 40, durationS: 8, killAfterS: 2, samplers: 2, users: 500, settleS: 5, dataDir: runDir };
 
   beforeAll(async () => {
     mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" }, log: (line) => supervisorLines.push(line) });
@@ -84,5 +84,5 @@ describe("kill -9 under load through the edge", () => {
     } finally {
       await waitWhole(mesh);
     }
-  });
+  }, 150_000);
 });
