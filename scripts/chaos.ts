@@ -15,7 +15,7 @@ import { ConnectError, Code } from "@connectrpc/connect";
 import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { ghz } from "../bench/harness.js";
-import { startMesh, waitEdgeHealthy, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
+import { startMesh, waitEdgeHealthy, waitRedis, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
 import { ROOT } from "./tools.js";
 
 /** A process to kill, how to tell it serves again, and the best answer the rest of the mesh can still give. */
@@ -100,21 +100,7 @@ function pidOf(mesh: Mesh, fault: Fault): number {
 
 /** Resolves once the killed process serves again: the app's health, the sidecar's health through it, Redis's PING. */
 async function serving(mesh: Mesh, fault: Fault, timeoutMs: number): Promise<void> {
-  if (fault.kind === "redis") {
-    const { Redis } = await import("ioredis");
-    const redis = new Redis(mesh.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => 50 });
-    const deadline = Date.now() + timeoutMs;
-    try {
-      await redis.connect().catch(() => undefined);
-      while (Date.now() < deadline) {
-        if (await redis.ping().then(() => true, () => false)) return;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      throw new Error(`Redis not back after ${timeoutMs} ms`);
-    } finally {
-      redis.disconnect();
-    }
-  }
+  if (fault.kind === "redis") return waitRedis(mesh.redisUrl, timeoutMs);
   const i = instance(mesh, fault.instance!);
   await waitServing(`127.0.0.1:${fault.kind === "app" ? i.appPort : i.ingressPort}`, "", timeoutMs);
 }

@@ -157,7 +157,7 @@ async function materialize(redisUrl: string, runDir: string, logDir: string): Pr
   }
 }
 
-async function waitRedis(url: string, timeoutMs: number): Promise<void> {
+export async function waitRedis(url: string, timeoutMs: number): Promise<void> {
   const { Redis } = await import("ioredis");
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
   const deadline = Date.now() + timeoutMs;
