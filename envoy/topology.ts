@@ -10,11 +10,27 @@ export interface CallPolicy {
   /** Upper bound on the caller's grpc-timeout. */
   maxGrpcTimeoutMs: number;
   retries: number;
-  perTryTimeoutMs: number;
+  /** Give up on one attempt after this long and retry; unset: attempts end only with the call. */
+  perTryTimeoutMs?: number;
   /** Send a second attempt when a try passes perTryTimeoutMs (idempotent reads only). */
   hedge: boolean;
   circuit: { maxConnections: number; maxPendingRequests: number; maxRequests: number; maxRetries: number };
-  outlier: { consecutiveGatewayFailure: number; intervalMs: number; baseEjectionMs: number };
+  /**
+   * Outlier ejection (scripts/render-envoy.ts explains what counts as a failure):
+   * consecutive UNAVAILABLE/DEADLINE_EXCEEDED answers or connection failures of one
+   * host, never a client's bad input; at most maxEjectionPercent of the hosts.
+   */
+  outlier: { consecutiveGatewayFailure: number; intervalMs: number; baseEjectionMs: number; maxEjectionPercent: number };
+}
+
+/** What the edge accepts for a service's methods before it reaches an instance. */
+export interface EdgeLimits {
+  /** Largest request body, bytes (the edge buffers a unary request up to this). */
+  maxRequestBytes: number;
+  /** Tighter or looser limits for single methods, by method name. */
+  methodMaxRequestBytes?: Record<string, number>;
+  /** Client-streaming methods: never buffered; bounded by stream_idle_timeout and the app's message size. */
+  streamingMethods?: string[];
 }
 
 export interface ServiceSpec {
@@ -30,6 +46,7 @@ export interface ServiceSpec {
   /** Per-instance cap at the sidecar's ingress, requests per second. */
   ingressRps: number;
   call: CallPolicy;
+  edgeLimits: EdgeLimits;
 }
 
 const read: CallPolicy = {
@@ -39,8 +56,16 @@ const read: CallPolicy = {
   perTryTimeoutMs: 250,
   hedge: true,
   circuit: { maxConnections: 1024, maxPendingRequests: 1024, maxRequests: 2048, maxRetries: 64 },
-  outlier: { consecutiveGatewayFailure: 5, intervalMs: 1000, baseEjectionMs: 5000 },
+  // At most half the hosts: outlier detection compares a host with its peers, and a
+  // service whose only host fails some calls keeps that host (30% chaos aborts must
+  // not turn into 100% "no healthy upstream"). A host that is down fails its active
+  // health checks instead, and then callers fail fast (panic threshold 0).
+  outlier: { consecutiveGatewayFailure: 5, intervalMs: 1000, baseEjectionMs: 5000, maxEjectionPercent: 50 },
 };
+
+const MiB = 1024 * 1024;
+/** gRPC's own default limit for a received message. */
+const defaultEdge: EdgeLimits = { maxRequestBytes: 4 * MiB };
 
 export const services: ServiceSpec[] = [
   {
@@ -50,7 +75,13 @@ export const services: ServiceSpec[] = [
     upstreams: ["experiment", "feature", "retrieval"],
     connect: true,
     ingressRps: 20000,
-    call: { ...read, timeoutMs: 2000, retries: 1, perTryTimeoutMs: 1000, hedge: false },
+    // One retry, on the other version (the edge's failover). No per-try timeout: a
+    // slow version is still answering, and giving up on it to retry elsewhere would
+    // double the work just when the machine is short of it; a dead or refusing
+    // version fails fast and is retried.
+    call: { ...read, timeoutMs: 2000, retries: 1, perTryTimeoutMs: undefined, hedge: false },
+    // Predict's largest valid request: 1,000 candidate ids of 128 bytes plus context, as JSON.
+    edgeLimits: { ...defaultEdge, methodMaxRequestBytes: { Predict: 256 * 1024 } },
   },
   {
     name: "feature",
@@ -60,6 +91,7 @@ export const services: ServiceSpec[] = [
     connect: false,
     ingressRps: 50000,
     call: read,
+    edgeLimits: { ...defaultEdge, streamingMethods: ["IngestEventStream"] },
   },
   {
     name: "retrieval",
@@ -69,6 +101,7 @@ export const services: ServiceSpec[] = [
     connect: false,
     ingressRps: 50000,
     call: read,
+    edgeLimits: defaultEdge,
   },
   {
     name: "experiment",
@@ -78,6 +111,7 @@ export const services: ServiceSpec[] = [
     connect: false,
     ingressRps: 50000,
     call: read,
+    edgeLimits: defaultEdge,
   },
   {
     name: "echo",
@@ -89,6 +123,7 @@ export const services: ServiceSpec[] = [
     // The benchmark baseline: no per-try timeout or hedging, so the mesh's cost is
     // measured without policies that would add or drop attempts under load.
     call: { ...read, timeoutMs: 5000, retries: 3, perTryTimeoutMs: 5000, hedge: false },
+    edgeLimits: defaultEdge,
   },
 ];
 
@@ -100,6 +135,27 @@ export const tiers = [
 ];
 /** Requests without a tier header share this bucket. */
 export const anonymousRps = 20000;
+
+/**
+ * What one client may hold at the edge. A connection with no request in flight is
+ * closed after idleTimeoutMs; a request whose headers have not all arrived after
+ * requestHeadersTimeoutMs gets 408 and its connection closes; a stream with no
+ * bytes either way for streamIdleTimeoutMs is reset. maxConnections bounds the edge
+ * listener (the overload manager bounds the whole process at globalMaxConnections).
+ */
+export const edgeProtection = {
+  idleTimeoutMs: 15_000,
+  requestHeadersTimeoutMs: 5_000,
+  streamIdleTimeoutMs: 30_000,
+  maxConcurrentStreams: 100,
+  maxRequestHeadersKb: 32,
+  maxHeadersCount: 64,
+  maxConnections: 10_000,
+  globalMaxConnections: 20_000,
+  // Below the edge pod's 512Mi limit (k8s/workloads.ts): past 90% of it the edge
+  // shortens idle timeouts, past 98% it refuses new requests with RESOURCE_EXHAUSTED.
+  maxHeapBytes: 400 * MiB,
+};
 
 /** Where things listen. Local: one loopback port each. Kubernetes: the same ports in every pod. */
 export interface Ports {

@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instances, localPorts, podPorts, service, services, tiers, anonymousRps, type Ports, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localPorts, podPorts, service, services, tiers, anonymousRps, edgeProtection, type Ports, type ServiceSpec } from "../envoy/topology.js";
 import { ROOT } from "./tools.js";
 
 type Target = "local" | "k8s";
@@ -118,8 +118,14 @@ function localRateLimit(statPrefix: string, rps: number, perTier?: { descriptors
       token_bucket: tokenBucket(rps),
       filter_enabled: { ...always, runtime_key: `${statPrefix}.enabled` },
       filter_enforced: { ...always, runtime_key: `${statPrefix}.enforced` },
-      // gRPC callers see RESOURCE_EXHAUSTED, not UNAVAILABLE (which they would retry).
+      // gRPC callers see RESOURCE_EXHAUSTED, not UNAVAILABLE (which they would retry
+      // at once); gRPC-web and Connect callers get theirs from the edge's local reply
+      // mappers. Buckets refill every second: that is when a retry can succeed.
       rate_limited_as_resource_exhausted: true,
+      response_headers_to_add: [
+        { header: { key: "retry-after", value: "1" } },
+        { header: { key: "grpc-retry-pushback-ms", value: "1000" } },
+      ],
       ...(perTier ? { descriptors: perTier.descriptors, rate_limits: perTier.rateLimits } : {}),
     },
   };
@@ -175,9 +181,58 @@ function grpcHealthCheck(): Obj[] {
   ];
 }
 
+/**
+ * Outlier detection counts only failures that say the host itself is in trouble:
+ * - 5 consecutive gateway failures: 502/503/504 from the host, which for gRPC means
+ *   UNAVAILABLE or DEADLINE_EXCEEDED (Envoy maps grpc-status to an HTTP code here):
+ *   what a sidecar answers when its app is dead, overloaded or stuck;
+ * - 5 consecutive local-origin failures (split_external_local_origin_errors):
+ *   connect failures, resets and timeouts this Envoy saw itself.
+ * consecutive_5xx and success rate are off (Envoy enforces both by default): they
+ * count INTERNAL and UNKNOWN (500), which any client can provoke with a bad frame,
+ * so one client could eject every host of a service.
+ */
+function outlierDetection(spec: ServiceSpec, maxEjectionPercent: number): Obj {
+  const { outlier } = spec.call;
+  return {
+    split_external_local_origin_errors: true,
+    consecutive_gateway_failure: outlier.consecutiveGatewayFailure,
+    enforcing_consecutive_gateway_failure: 100,
+    consecutive_local_origin_failure: outlier.consecutiveGatewayFailure,
+    enforcing_consecutive_local_origin_failure: 100,
+    enforcing_consecutive_5xx: 0,
+    enforcing_success_rate: 0,
+    interval: ms(outlier.intervalMs),
+    base_ejection_time: ms(outlier.baseEjectionMs),
+    max_ejection_percent: maxEjectionPercent,
+  };
+}
+
+interface Ejection {
+  maxEjectionPercent: number;
+  /** Below this share of usable hosts Envoy ignores health and ejections (panic). */
+  panicThresholdPercent: number;
+}
+
+/**
+ * A service's own hosts: outlier detection trims at most half of them (a lone host
+ * is never ejected), and active health checks take out a host that is down; with no
+ * healthy host left callers fail fast (panic threshold 0), so their fallback runs at
+ * once instead of Envoy sending to a host it knows is down.
+ */
+const standalone = (spec: ServiceSpec): Ejection => ({ maxEjectionPercent: spec.call.outlier.maxEjectionPercent, panicThresholdPercent: 0 });
+
+/**
+ * A version behind a failover aggregate (failoverCluster): ejecting all of it is
+ * safe, because its traffic moves to the other version. If every version is out,
+ * Envoy's default panic threshold sends to them anyway, so no burst of failures can
+ * turn into "no healthy upstream" for everyone.
+ */
+const failoverMember: Ejection = { maxEjectionPercent: 100, panicThresholdPercent: 50 };
+
 /** A cluster for an upstream service's sidecars: circuit breakers, ejection, health. */
-function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[]): Obj {
-  const { circuit, outlier } = spec.call;
+function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[], ejection: Ejection = standalone(spec)): Obj {
+  const { circuit } = spec.call;
   return {
     name,
     type: endpoints[0]!.type,
@@ -201,20 +256,36 @@ function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: 
         },
       ],
     },
-    outlier_detection: {
-      consecutive_gateway_failure: outlier.consecutiveGatewayFailure,
-      enforcing_consecutive_gateway_failure: 100,
-      consecutive_5xx: outlier.consecutiveGatewayFailure,
-      interval: ms(outlier.intervalMs),
-      base_ejection_time: ms(outlier.baseEjectionMs),
-      max_ejection_percent: 100,
-      split_external_local_origin_errors: true,
-      consecutive_local_origin_failure: outlier.consecutiveGatewayFailure,
-    },
-    // Fail fast when every endpoint is ejected or unhealthy, so the caller's
-    // fallback runs at once instead of Envoy sending to a host it knows is bad.
-    common_lb_config: { healthy_panic_threshold: { value: 0 } },
+    outlier_detection: outlierDetection(spec, ejection.maxEjectionPercent),
+    common_lb_config: { healthy_panic_threshold: { value: ejection.panicThresholdPercent } },
     health_checks: grpcHealthCheck(),
+  };
+}
+
+const failoverName = (spec: ServiceSpec, version: string) => `${spec.name}-${version}-first`;
+
+/**
+ * An aggregate cluster over every version of a service, `version` first: Envoy
+ * sends to the first version that has a healthy, non-ejected host, and a retry goes
+ * to the next version (failoverPolicy), so no version is a single point of failure.
+ * Stats of calls routed here (response codes, grpc_stats, upstream_rq_time) are
+ * this cluster's; health, ejections and connections stay the versions' own.
+ */
+function failoverCluster(spec: ServiceSpec, version: string): Obj {
+  const order = [version, ...spec.versions.filter((v) => v !== version)];
+  return {
+    name: failoverName(spec, version),
+    connect_timeout: "0.25s",
+    lb_policy: "CLUSTER_PROVIDED",
+    cluster_type: {
+      name: "envoy.clusters.aggregate",
+      typed_config: { "@type": type("envoy.extensions.clusters.aggregate.v3.ClusterConfig"), clusters: order.map((v) => `${spec.name}-${v}`) },
+    },
+    typed_extension_protocol_options: http2Options(),
+    // Of an aggregate's circuit breakers Envoy applies only max_retries (the versions
+    // keep their own). No retry budget: when a version dies, every call in flight on
+    // it needs its one retry on the other version at once.
+    circuit_breakers: { thresholds: [{ priority: "DEFAULT", max_retries: spec.call.circuit.maxRequests }] },
   };
 }
 
@@ -240,7 +311,7 @@ function callPolicy(spec: ServiceSpec): Obj {
     retry_policy: {
       retry_on: "unavailable,reset,connect-failure,refused-stream,cancelled",
       num_retries: policy.retries,
-      per_try_timeout: ms(policy.perTryTimeoutMs),
+      ...(policy.perTryTimeoutMs ? { per_try_timeout: ms(policy.perTryTimeoutMs) } : {}),
       retry_back_off: { base_interval: "0.01s", max_interval: "0.05s" },
     },
     ...(policy.hedge ? { hedge_policy: { hedge_on_per_try_timeout: true } } : {}),
@@ -251,20 +322,70 @@ function callRoute(cluster: string, spec: ServiceSpec): Obj {
   return { cluster, ...callPolicy(spec) };
 }
 
-function bootstrap(id: string, adminPort: number, listeners: Obj[], clusters: Obj[], runtime: Obj = {}): Obj {
+/**
+ * callPolicy, with each retry sent to a version not tried yet (previous_priorities:
+ * the aggregate's priorities are its versions) and to a host not tried yet: a call
+ * that meets a dead or failing version is answered by the other one.
+ */
+function failoverRoute(spec: ServiceSpec, version: string): Obj {
+  const policy = callPolicy(spec);
+  return {
+    cluster: failoverName(spec, version),
+    ...policy,
+    retry_policy: {
+      ...(policy.retry_policy as Obj),
+      retry_priority: {
+        name: "envoy.retry_priorities.previous_priorities",
+        typed_config: { "@type": type("envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"), update_frequency: 1 },
+      },
+      retry_host_predicate: [{ name: "envoy.retry_host_predicates.previous_hosts", typed_config: { "@type": type("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate") } }],
+      host_selection_retry_max_attempts: 3,
+    },
+  };
+}
+
+/** Process-wide limits: connections always; for the edge also heap pressure. */
+function overloadManager(heap?: { maxHeapBytes: number }): Obj {
+  const connections = {
+    name: "envoy.resource_monitors.global_downstream_max_connections",
+    typed_config: {
+      "@type": type("envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"),
+      max_active_downstream_connections: edgeProtection.globalMaxConnections,
+    },
+  };
+  if (!heap) return { resource_monitors: [connections] };
+  const heapMonitor = "envoy.resource_monitors.fixed_heap";
+  const scaled = (from: number, to: number) => ({ name: heapMonitor, scaled: { scaling_threshold: from, saturation_threshold: to } });
+  return {
+    refresh_interval: "0.25s",
+    resource_monitors: [
+      connections,
+      { name: heapMonitor, typed_config: { "@type": type("envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"), max_heap_size_bytes: heap.maxHeapBytes } },
+    ],
+    actions: [
+      // Under memory pressure idle clients go first: their timeouts shrink toward 1s.
+      {
+        name: "envoy.overload_actions.reduce_timeouts",
+        triggers: [scaled(0.9, 0.98)],
+        typed_config: {
+          "@type": type("envoy.config.overload.v3.ScaleTimersOverloadActionConfig"),
+          timer_scale_factors: [
+            { timer: "HTTP_DOWNSTREAM_CONNECTION_IDLE", min_timeout: "1s" },
+            { timer: "HTTP_DOWNSTREAM_STREAM_IDLE", min_timeout: "1s" },
+          ],
+        },
+      },
+      { name: "envoy.overload_actions.shrink_heap", triggers: [{ name: heapMonitor, threshold: { value: 0.95 } }] },
+      // Answered 503 with flag OM, which the edge's local reply mappers turn into RESOURCE_EXHAUSTED.
+      { name: "envoy.overload_actions.stop_accepting_requests", triggers: [{ name: heapMonitor, threshold: { value: 0.98 } }] },
+    ],
+  };
+}
+
+function bootstrap(id: string, adminPort: number, listeners: Obj[], clusters: Obj[], runtime: Obj = {}, overload: Obj = overloadManager()): Obj {
   return {
     node: { id, cluster: id },
-    overload_manager: {
-      resource_monitors: [
-        {
-          name: "envoy.resource_monitors.global_downstream_max_connections",
-          typed_config: {
-            "@type": type("envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"),
-            max_active_downstream_connections: 20000,
-          },
-        },
-      ],
-    },
+    overload_manager: overload,
     admin: { address: socket("127.0.0.1", adminPort) },
     layered_runtime: {
       layers: [
@@ -320,40 +441,99 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
   return bootstrap(id, ports.sidecarAdmin(spec.name, version), [ingress, ...egress], clusters);
 }
 
+const bufferFilter = "envoy.filters.http.buffer";
+/** Per-route body limit: the edge buffers a request up to `bytes`, then answers 413. */
+const bodyLimit = (bytes: number): Obj => ({
+  [bufferFilter]: { "@type": type("envoy.extensions.filters.http.buffer.v3.BufferPerRoute"), buffer: { max_request_bytes: bytes } },
+});
+/** Streams are never buffered whole (a client stream or reflection would stall). */
+const unbuffered: Obj = { [bufferFilter]: { "@type": type("envoy.extensions.filters.http.buffer.v3.BufferPerRoute"), disabled: true } };
+
+/**
+ * Routes for a service's methods with the same match extras and action: methods
+ * with their own body limit or streaming first, then the rest by service prefix.
+ */
+function serviceRoutes(spec: ServiceSpec, extraMatch: Obj, route: Obj): Obj[] {
+  const limits = spec.edgeLimits;
+  return spec.grpcServices.flatMap((grpcService) => [
+    ...Object.entries(limits.methodMaxRequestBytes ?? {}).map(([method, bytes]) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, typed_per_filter_config: bodyLimit(bytes) })),
+    ...(limits.streamingMethods ?? []).map((method) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, typed_per_filter_config: unbuffered })),
+    { match: { prefix: `/${grpcService}/`, ...extraMatch }, route, typed_per_filter_config: bodyLimit(limits.maxRequestBytes) },
+  ]);
+}
+
+const contentType = (prefix: string): Obj => ({ header_filter: { header: { name: "content-type", string_match: { prefix } } } });
+const allOf = (...filters: Obj[]): Obj => ({ and_filter: { filters } });
+const anyOf = (...filters: Obj[]): Obj => ({ or_filter: { filters } });
+
+/**
+ * The edge's own answers (rate limit 429, too large 413, overload) in each
+ * protocol's terms. A gRPC-web request is not gRPC to the connection manager, so its
+ * local replies are plain HTTP, which the gRPC-web filter would turn into
+ * UNAVAILABLE (it maps 429 and 503 there). The gRPC-web filter has rewritten the
+ * request's content-type to application/grpc by the time a filter behind it
+ * replies, so one mapper answers gRPC and gRPC-web alike: HTTP 200 and a
+ * trailers-only RESOURCE_EXHAUSTED. Connect unary calls keep the HTTP status and get
+ * the JSON error body the Connect protocol defines.
+ */
+function localReplies(): Obj {
+  // By status, not by response flag: the rate limiter sets its flag after it replies.
+  const status = (code: number) => ({ status_code_filter: { comparison: { op: "EQ", value: { default_value: code, runtime_key: `edge.local_reply.resource_exhausted.${code}` } } } });
+  const causes = [
+    { filter: status(429), message: "rate limit exceeded" },
+    { filter: status(413), message: "request too large" },
+    { filter: { response_flag_filter: { flags: ["OM"] } }, message: "edge overloaded" },
+  ];
+  const limited = anyOf(...causes.map((c) => c.filter));
+  const header = (key: string, value: string) => ({ header: { key, value }, append_action: "OVERWRITE_IF_EXISTS_OR_ADD" });
+  return {
+    mappers: [
+      // An empty body, so the reply is headers only: a trailers-only gRPC answer.
+      ...causes.map((cause) => ({
+        filter: allOf(cause.filter, contentType("application/grpc")),
+        status_code: 200,
+        headers_to_add: [header("grpc-status", "8"), header("grpc-message", cause.message)],
+        body: { inline_string: "" },
+      })),
+      {
+        filter: allOf(limited, anyOf(contentType("application/json"), contentType("application/proto"))),
+        body_format_override: {
+          json_format: { code: "resource_exhausted", message: "%LOCAL_REPLY_BODY%" },
+          content_type: "application/json",
+        },
+      },
+    ],
+  };
+}
+
 export function renderEdge(target: Target): Obj {
   const place = placements[target];
   const prediction = service("prediction");
-  const predictionPrefix = `/${prediction.grpcServices[0]}/`;
-  const canaryRoutes = prediction.versions.map((v) => ({
-    match: { prefix: predictionPrefix, headers: [{ name: "x-canary", string_match: { exact: v } }] },
-    route: callRoute(`prediction-${v}`, prediction),
-  }));
   const [stable, canary] = prediction.versions as [string, string];
-  const splitRoute = {
-    match: { prefix: predictionPrefix },
-    route: {
-      ...callPolicy(prediction),
-      // Weights live in runtime (routing.prediction.prediction-v1 / -v2): the canary
-      // controller changes them through the admin API without a restart.
-      weighted_clusters: {
-        runtime_key_prefix: "routing.prediction",
-        clusters: [
-          { name: `prediction-${stable}`, weight: 100 },
-          { name: `prediction-${canary}`, weight: 0 },
-        ],
-      },
-      request_mirror_policies: [
-        { cluster: `prediction-${canary}`, runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: "routing.prediction.shadow_percent" } },
-      ],
-    },
-  };
-  const otherRoutes = services
-    .filter((s) => s.name !== "prediction")
-    .flatMap((s) => s.grpcServices.map((g) => ({ match: { prefix: `/${g}/` }, route: callRoute(s.name, s) })));
-  // Health and reflection at the edge describe the product: prediction (stable).
+  const forced = prediction.versions.flatMap((v) => serviceRoutes(prediction, { headers: [{ name: "x-canary", string_match: { exact: v } }] }, failoverRoute(prediction, v)));
+  // The canary's share: routing.prediction.prediction-v2 percent of calls go to
+  // v2 first, the rest to v1 first (runtime, so the canary controller moves it
+  // through the admin API without a restart). A route-level fraction and not
+  // weighted_clusters, whose runtime keys are named after the clusters: these are
+  // the failover aggregates, while the keys keep the versions' names.
+  const toCanary = serviceRoutes(
+    prediction,
+    { runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: `routing.prediction.prediction-${canary}` } },
+    failoverRoute(prediction, canary),
+  );
+  const toStable = serviceRoutes(prediction, {}, {
+    ...failoverRoute(prediction, stable),
+    request_mirror_policies: [
+      { cluster: `prediction-${canary}`, runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: "routing.prediction.shadow_percent" } },
+    ],
+  });
+  const otherRoutes = services.filter((s) => s.name !== "prediction").flatMap((s) => serviceRoutes(s, {}, callRoute(s.name, s)));
+  // Health and reflection at the edge describe the product: prediction, answered by
+  // whichever version is up.
   const infraRoutes = ["/grpc.health.v1.Health/", "/grpc.reflection."].map((prefix) => ({
     match: { prefix },
-    route: { cluster: `prediction-${stable}`, timeout: "5s" },
+    route: { ...failoverRoute(prediction, stable), timeout: "5s" },
+    typed_per_filter_config: unbuffered,
   }));
   const cors = {
     "envoy.filters.http.cors": {
@@ -362,54 +542,80 @@ export function renderEdge(target: Target): Obj {
       allow_methods: "GET, POST, OPTIONS",
       allow_headers:
         "content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, x-user-agent, authorization, x-user-tier, x-canary, traceparent, tracestate",
-      expose_headers: "grpc-status, grpc-message, grpc-status-details-bin, traceresponse",
+      expose_headers: "grpc-status, grpc-message, grpc-status-details-bin, traceresponse, retry-after",
       max_age: "86400",
     },
   };
-  const edgeListener = listener(
+  const limits = edgeProtection;
+  const manager = hcm(
     "edge",
-    place.publicBind,
-    place.ports.edge,
-    hcm(
-      "edge",
-      {
-        name: "edge",
-        // Fault-injection headers are for tests inside the mesh, never from outside.
-        request_headers_to_remove: ["x-envoy-fault-abort-grpc-request", "x-envoy-fault-abort-request", "x-envoy-fault-delay-request", "x-envoy-fault-abort-request-percentage", "x-envoy-fault-abort-grpc-request-percentage", "x-envoy-fault-delay-request-percentage"],
-        virtual_hosts: [
-          {
-            name: "recsys",
-            domains: ["*"],
-            typed_per_filter_config: cors,
-            routes: [...canaryRoutes, splitRoute, ...otherRoutes, ...infraRoutes],
-          },
-        ],
-      },
-      [
-        { name: "envoy.filters.http.cors", typed_config: { "@type": type("envoy.extensions.filters.http.cors.v3.Cors") } },
-        { name: "envoy.filters.http.grpc_web", typed_config: { "@type": type("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb") } },
-        // Per-method gRPC success/failure counters per cluster: what the canary
-        // controller compares between versions.
+    {
+      name: "edge",
+      // Fault-injection headers are for tests inside the mesh, never from outside.
+      request_headers_to_remove: ["x-envoy-fault-abort-grpc-request", "x-envoy-fault-abort-request", "x-envoy-fault-delay-request", "x-envoy-fault-abort-request-percentage", "x-envoy-fault-abort-grpc-request-percentage", "x-envoy-fault-delay-request-percentage"],
+      virtual_hosts: [
         {
-          name: "envoy.filters.http.grpc_stats",
-          typed_config: { "@type": type("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"), stats_for_all_methods: true, enable_upstream_stats: true },
+          name: "recsys",
+          domains: ["*"],
+          typed_per_filter_config: cors,
+          routes: [...forced, ...toCanary, ...toStable, ...otherRoutes, ...infraRoutes],
         },
-        localRateLimit("edge_tier_ratelimit", anonymousRps, {
-          descriptors: tiers.map((t) => ({ entries: [{ key: "tier", value: t.tier }], token_bucket: tokenBucket(t.rps, t.burst) })),
-          rateLimits: [{ actions: [{ request_headers: { header_name: "x-user-tier", descriptor_key: "tier" } }] }],
-        }),
       ],
-      place.accessLog("edge"),
-    ),
+    },
+    [
+      { name: "envoy.filters.http.cors", typed_config: { "@type": type("envoy.extensions.filters.http.cors.v3.Cors") } },
+      { name: "envoy.filters.http.grpc_web", typed_config: { "@type": type("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb") } },
+      // Per-method gRPC success/failure counters per cluster: what the canary
+      // controller compares between versions.
+      {
+        name: "envoy.filters.http.grpc_stats",
+        typed_config: { "@type": type("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"), stats_for_all_methods: true, enable_upstream_stats: true },
+      },
+      localRateLimit("edge_tier_ratelimit", anonymousRps, {
+        descriptors: tiers.map((t) => ({ entries: [{ key: "tier", value: t.tier }], token_bucket: tokenBucket(t.rps, t.burst) })),
+        rateLimits: [{ actions: [{ request_headers: { header_name: "x-user-tier", descriptor_key: "tier" } }] }],
+      }),
+      // After the rate limit (never buffer what is refused); limits come per route.
+      { name: bufferFilter, typed_config: { "@type": type("envoy.extensions.filters.http.buffer.v3.Buffer"), max_request_bytes: Math.max(...services.map((s) => s.edgeLimits.maxRequestBytes)) } },
+    ],
+    place.accessLog("edge"),
   );
+  const edgeManager = {
+    ...manager,
+    typed_config: {
+      ...(manager.typed_config as Obj),
+      // A slow or idle client cannot hold the edge: see edgeProtection in topology.
+      http2_protocol_options: { max_concurrent_streams: limits.maxConcurrentStreams, initial_stream_window_size: 65536, initial_connection_window_size: 1048576 },
+      common_http_protocol_options: { idle_timeout: ms(limits.idleTimeoutMs), max_headers_count: limits.maxHeadersCount, headers_with_underscores_action: "REJECT_REQUEST" },
+      max_request_headers_kb: limits.maxRequestHeadersKb,
+      request_headers_timeout: ms(limits.requestHeadersTimeoutMs),
+      stream_idle_timeout: ms(limits.streamIdleTimeoutMs),
+      local_reply_config: localReplies(),
+    },
+  };
+  const connectionLimit = {
+    name: "envoy.filters.network.connection_limit",
+    typed_config: { "@type": type("envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"), stat_prefix: "edge_connections", max_connections: limits.maxConnections },
+  };
+  const edgeListener = {
+    name: "edge",
+    address: socket(place.publicBind, place.ports.edge),
+    per_connection_buffer_limit_bytes: 32768,
+    filter_chains: [{ filters: [connectionLimit, edgeManager] }],
+  };
   const clusters = services.flatMap((s) =>
     s.name === "prediction"
-      ? s.versions.map((v) => upstreamCluster(`prediction-${v}`, s, [place.ingressOf(s.name, v)]))
+      ? [...s.versions.map((v) => upstreamCluster(`prediction-${v}`, s, [place.ingressOf(s.name, v)], failoverMember)), ...s.versions.map((v) => failoverCluster(s, v))]
       : [upstreamCluster(s.name, s, s.versions.map((v) => place.ingressOf(s.name, v)))],
   );
-  return bootstrap("edge", place.ports.edgeAdmin, [edgeListener], clusters, {
-    routing: { prediction: { [`prediction-${stable}`]: 100, [`prediction-${canary}`]: 0, shadow_percent: 0 } },
-  });
+  return bootstrap(
+    "edge",
+    place.ports.edgeAdmin,
+    [edgeListener],
+    clusters,
+    { routing: { prediction: { [`prediction-${canary}`]: 0, shadow_percent: 0 } } },
+    overloadManager({ maxHeapBytes: limits.maxHeapBytes }),
+  );
 }
 
 /** Every rendered config: path under envoy/ -> YAML text. */
