@@ -8,7 +8,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
-import { logCause, portHolder, portTaken, Supervised, type ExitInfo, type RestartPolicy } from "./processes.js";
+import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -196,8 +196,6 @@ async function warmUp(mesh: Mesh): Promise<void> {
   }
 }
 
-const indent = (text: string) => text.replace(/^/gm, "    ");
-const describeExit = ({ code, signal, error }: ExitInfo) => error ?? `exit code ${code ?? "none"}, signal ${signal ?? "none"}`;
 
 /** Rejects when the signal aborts. */
 const aborted = (signal: AbortSignal | undefined) =>

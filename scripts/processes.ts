@@ -114,6 +114,12 @@ export interface ExitInfo {
   error?: string;
 }
 
+/** "exit code 1, signal none", or why it never started. */
+export const describeExit = ({ code, signal, error }: ExitInfo) => error ?? `exit code ${code ?? "none"}, signal ${signal ?? "none"}`;
+
+/** Indents every line of a quoted log excerpt. */
+export const indent = (text: string) => text.replace(/^/gm, "    ");
+
 export interface RestartPolicy {
   /** Delay before the second restart in a row; the first is immediate, as in Kubernetes. */
   initialDelayMs: number;
@@ -211,7 +217,7 @@ export class Supervised {
 
   private scheduleRestart(exit: ExitInfo): void {
     if (performance.now() - this.startedAt >= this.policy.stableAfterMs) this.restartsInRow = 0;
-    const how = `exit code ${exit.code ?? "none"}, signal ${exit.signal ?? "none"}`;
+    const how = describeExit(exit);
     if (this.restartsInRow >= this.policy.maxRestarts) {
       this.stopped = true;
       this.spec.log(`${this.spec.name} is crash-looping (${this.restartsInRow + 1} exits in a row, last: ${how}); giving up. Its log (${this.spec.logFile}) says:\n${indent(this.cause())}`);
@@ -238,4 +244,3 @@ export class Supervised {
   }
 }
 
-const indent = (text: string) => text.replace(/^/gm, "    ");
