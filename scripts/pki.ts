@@ -7,7 +7,7 @@
 // edge and each service) with the URI SAN spiffe://recsys.local/ns/recsys/sa/<name>.
 // Each identity's certificate and key also go, together, into one SDS file that
 // Envoy watches; a new one is renamed into place, so Envoy reloads it whole.
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, X509Certificate, type JsonWebKey } from "node:crypto";
+import { createHash, createPublicKey, generateKeyPairSync, randomBytes, X509Certificate, type JsonWebKey } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -82,9 +82,8 @@ function sdsDocument(resource: Record<string, unknown>): string {
 async function createCa(pki: Pki, work: string): Promise<void> {
   const key = join(work, "ca.key.pem");
   const cert = join(work, "ca.pem");
-  await openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]);
   await openssl([
-    "req", "-x509", "-new", "-key", key, "-out", cert, "-days", String(caValidDays), "-sha256",
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert, "-days", String(caValidDays), "-sha256",
     "-subj", "/O=recsys/CN=recsys local CA",
     "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
     "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -126,15 +125,14 @@ async function issueIdentity(pki: Pki, files: IdentityFiles, work: string): Prom
       `subjectAltName=critical,URI:${spiffeId(files.name)}`,
     ].join("\n"),
   );
-  await openssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key]);
-  await openssl(["req", "-new", "-key", key, "-out", csr, "-subj", `/O=recsys/OU=${files.name}`]);
+  // PKCS#8 key (what Envoy's BoringSSL, node:tls and openssl all read) and its request in one go.
+  await openssl(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", csr, "-subj", `/O=recsys/OU=${files.name}`]);
   await openssl([
     "x509", "-req", "-in", csr, "-CA", pki.caCert, "-CAkey", pki.caKey, "-out", cert, "-days", String(certValidDays),
     "-sha256", "-set_serial", `0x${randomBytes(16).toString("hex")}`, "-extfile", extensions,
   ]);
   const certPem = readFileSync(cert, "utf8");
-  // PKCS#8: what Envoy (BoringSSL), node:tls and openssl all read.
-  const keyPem = createPrivateKey(readFileSync(key)).export({ type: "pkcs8", format: "pem" }).toString();
+  const keyPem = readFileSync(key, "utf8");
   writeAtomic(files.key, keyPem, 0o600);
   writeAtomic(files.cert, certPem);
   writeAtomic(
@@ -179,13 +177,9 @@ export async function ensurePki(options: EnsurePkiOptions = {}): Promise<Pki & {
     }
     const trust = sdsDocument({ name: pki.trust.name, validation_context: { trusted_ca: { inline_string: readFileSync(pki.caCert, "utf8") } } });
     if (!existsSync(pki.trust.path) || readFileSync(pki.trust.path, "utf8") !== trust) writeAtomic(pki.trust.path, trust);
-    for (const name of options.identities ?? meshIdentities()) {
-      const files = pki.identity(name);
-      if (options.rotate || !identityIsGood(pki, files)) {
-        await issueIdentity(pki, files, work);
-        issued.push(name);
-      }
-    }
+    const due = (options.identities ?? meshIdentities()).filter((name) => options.rotate || !identityIsGood(pki, pki.identity(name)));
+    await Promise.all(due.map((name) => issueIdentity(pki, pki.identity(name), work)));
+    issued.push(...due);
     if (ensureJwtKey(pki)) issued.push("jwt");
     chmodSync(join(pki.dir, "ca"), 0o700);
   } finally {
