@@ -1,4 +1,5 @@
-// `tsx scripts/start-loop.ts --runs 20`: N consecutive `npm start`s, each in a fresh
+// `tsx scripts/start-loop.ts --runs 20 [--minutes 30]`: N consecutive `npm start`s (no new
+// one after --minutes), each in a fresh
 // private network namespace (needs root, unshare and ip), each stopped with SIGTERM once
 // it says it is up. Reports how many came up, how long each took, why any failed, and
 // any process a run left behind in its namespace.
@@ -7,8 +8,9 @@ import { readdirSync, readlinkSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ROOT } from "./tools.js";
 
-const { values } = parseArgs({ options: { runs: { type: "string", default: "20" }, "timeout-s": { type: "string", default: "180" } } });
+const { values } = parseArgs({ options: { runs: { type: "string", default: "20" }, minutes: { type: "string", default: "60" }, "timeout-s": { type: "string", default: "180" } } });
 const runs = Number(values.runs);
+const stopStartingAt = performance.now() + Number(values.minutes) * 60_000;
 const timeoutMs = Number(values["timeout-s"]) * 1000;
 
 interface Run {
@@ -72,7 +74,7 @@ async function once(): Promise<Run> {
 }
 
 const results: Run[] = [];
-for (let i = 1; i <= runs; i++) {
+for (let i = 1; i <= runs && performance.now() < stopStartingAt; i++) {
   const run = await once();
   results.push(run);
   console.log(`run ${i}/${runs}: ${run.up ? "up" : "FAILED"} in ${run.seconds.toFixed(1)} s, exit ${run.exitCode}${run.leftBehind ? `, ${run.leftBehind} processes left behind` : ""}${run.failure ? `\n${run.failure}` : ""}`);
@@ -80,8 +82,8 @@ for (let i = 1; i <= runs; i++) {
 const upCount = results.filter((r) => r.up).length;
 const times = results.filter((r) => r.up).map((r) => r.seconds).sort((a, b) => a - b);
 console.log(
-  `\n${upCount}/${runs} start-ups came up` +
+  `\n${upCount}/${results.length} start-ups came up${results.length < runs ? ` (${runs} asked; --minutes ran out)` : ""}` +
     (times.length ? `; time to up: min ${times[0]!.toFixed(1)} s, median ${times[Math.floor(times.length / 2)]!.toFixed(1)} s, max ${times.at(-1)!.toFixed(1)} s` : "") +
     `; ${results.filter((r) => r.exitCode !== 0 && r.up).length} did not stop cleanly; ${results.reduce((s, r) => s + r.leftBehind, 0)} processes left behind`,
 );
-process.exit(upCount === runs ? 0 : 1);
+process.exit(upCount === results.length ? 0 : 1);
