@@ -7,6 +7,7 @@ import { ExperimentService } from "../../gen/recsys/experiment/v1/experiment_pb.
 import { FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import { seededRandom } from "./random.js";
 
 /**
  * Malformed and mutated gRPC requests, sent as raw HTTP/2 frames, for fuzzing any
@@ -18,18 +19,6 @@ import { RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js"
 export const allServices: DescService[] = [EchoService, ExperimentService, FeatureService, PredictionService, RetrievalService, Health];
 
 export const methodPath = (method: DescMethod) => `/${method.parent.typeName}/${method.name}`;
-
-/** mulberry32: a small seeded generator, so every case can be replayed. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Random = () => number;
 const int = (random: Random, below: number) => Math.floor(random() * below);

@@ -187,7 +187,7 @@ describe("graceful shutdown of a service process", () => {
   it("on SIGTERM: NOT_SERVING first (Watch sees it), serves for DRAIN_MS, then refuses new calls, finishes in-flight ones, exits 0", async () => {
     const port = await freePort();
     const proc = await startProcess("node", ["--import", "tsx", "services/echo/server.ts"], {
-      env: { GRPC_PORT: String(port), LOG_LEVEL: "info", DRAIN_MS: "500" },
+      env: { GRPC_PORT: String(port), LOG_LEVEL: "info", DRAIN_MS: "2000" },
       waitFor: /"msg":"listening"/,
     });
     const output = (pattern: RegExp) =>
@@ -204,15 +204,15 @@ describe("graceful shutdown of a service process", () => {
         for await (const { status } of createClient(Health, transport).watch({ service: "" })) watched.push({ status, exited });
       })().catch(() => undefined);
       await output(/./);
-      const slow = client.echo({ message: "slow", delayMs: 4_000 }, { timeoutMs: 30_000 });
+      const slow = client.echo({ message: "slow", delayMs: 6_000 }, { timeoutMs: 30_000 });
       while (watched.length === 0) await new Promise((r) => setTimeout(r, 20));
       expect(watched[0]!.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
 
       proc.child.kill("SIGTERM");
       await output(/"msg":"draining/);
+      expect((await client.echo({ message: "during the drain" })).message).toBe("during the drain");
       while (watched.length < 2) await new Promise((r) => setTimeout(r, 20));
       expect(watched[1]).toEqual({ status: HealthCheckResponse_ServingStatus.NOT_SERVING, exited: false });
-      expect((await client.echo({ message: "during the drain" })).message).toBe("during the drain");
 
       await output(/"msg":"drain over/);
       const late = await client.echo({ message: "late" }).catch((e: unknown) => ConnectError.from(e));
