@@ -232,11 +232,11 @@ export function edgeAuthFilters(jwksPath: string): Obj[] {
 
 export const rateLimitClusterName = "ratelimit";
 
-/** The envoyproxy/ratelimit service, over gRPC (HTTP/2). */
-export function rateLimitCluster(address: string, port: number): Obj {
+/** The envoyproxy/ratelimit service, over gRPC (HTTP/2); STRICT_DNS for a hostname (Kubernetes). */
+export function rateLimitCluster(address: string, port: number, discovery: "STATIC" | "STRICT_DNS" = "STATIC"): Obj {
   return {
     name: rateLimitClusterName,
-    type: "STATIC",
+    type: discovery,
     connect_timeout: "0.25s",
     typed_extension_protocol_options: {
       "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

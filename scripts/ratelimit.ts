@@ -94,22 +94,27 @@ async function healthy(url: string, timeoutMs: number, exited: () => boolean, ou
   throw new Error(`ratelimit not healthy at ${url} after ${timeoutMs} ms:\n${output()}`);
 }
 
+export interface RateLimitCommand {
+  command: string;
+  env: Record<string, string>;
+  grpcPort: number;
+  httpPort: number;
+}
+
 /**
- * Starts envoyproxy/ratelimit bound to 127.0.0.1 only (its defaults are 0.0.0.0 and
- * ports 8080/8081/6070, which would collide with the edge), statsd off, counters in
- * the given Redis under the key prefix "ratelimit:". Resolves once /healthcheck
- * answers, which it does after loading the config.
+ * How to run envoyproxy/ratelimit (for a supervisor, or startRateLimitService):
+ * bound to 127.0.0.1 only (its defaults are 0.0.0.0 and ports 8080/8081/6070, which
+ * would collide with the edge), statsd off, counters in the given Redis under the
+ * key prefix "ratelimit:", limits written into runtimeDir/ratelimit/config/.
  */
-export async function startRateLimitService(options: RateLimitServiceOptions): Promise<RateLimitService> {
+export async function rateLimitCommand(options: RateLimitServiceOptions & { runtimeDir: string }): Promise<RateLimitCommand> {
   const grpcPort = options.grpcPort ?? (await freePort());
   const httpPort = options.httpPort ?? (await freePort());
   const debugPort = options.debugPort ?? (await freePort());
-  const ownDir = options.runtimeDir === undefined;
-  const runtimeRoot = options.runtimeDir ?? mkdtempSync(join(tmpdir(), "recsys-ratelimit-"));
-  // It reads RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config/*.yaml.
-  mkdirSync(join(runtimeRoot, "ratelimit", "config"), { recursive: true });
-  writeFileSync(join(runtimeRoot, "ratelimit", "config", `${rateLimitDomain}.yaml`), renderRateLimitConfig(options.limits));
-  const redis = new URL(options.redisUrl);
+  // It reads RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY/*.yaml.
+  const configDir = join(options.runtimeDir, "ratelimit", "config");
+  mkdirSync(configDir, { recursive: true });
+  writeFileSync(join(configDir, `${rateLimitDomain}.yaml`), renderRateLimitConfig(options.limits));
   const env: Record<string, string> = {
     HOST: "127.0.0.1",
     PORT: String(httpPort),
@@ -123,14 +128,22 @@ export async function startRateLimitService(options: RateLimitServiceOptions): P
     BACKEND_TYPE: "redis",
     REDIS_SOCKET_TYPE: "tcp",
     REDIS_TYPE: "SINGLE",
-    REDIS_URL: redis.host,
+    REDIS_URL: new URL(options.redisUrl).host,
     CACHE_KEY_PREFIX: "ratelimit:",
-    RUNTIME_ROOT: runtimeRoot,
+    RUNTIME_ROOT: options.runtimeDir,
     RUNTIME_SUBDIRECTORY: "ratelimit",
     RUNTIME_APPDIRECTORY: "config",
     RUNTIME_WATCH_ROOT: "false",
   };
-  const proc = await startProcess(rateLimitBinary(), [], { env });
+  return { command: rateLimitBinary(), env, grpcPort, httpPort };
+}
+
+/** Starts envoyproxy/ratelimit (see rateLimitCommand); resolves once /healthcheck answers, which it does after loading the config. */
+export async function startRateLimitService(options: RateLimitServiceOptions): Promise<RateLimitService> {
+  const ownDir = options.runtimeDir === undefined;
+  const runtimeDir = options.runtimeDir ?? mkdtempSync(join(tmpdir(), "recsys-ratelimit-"));
+  const { command, env, grpcPort, httpPort } = await rateLimitCommand({ ...options, runtimeDir });
+  const proc = await startProcess(command, [], { env });
   const httpAddress = `127.0.0.1:${httpPort}`;
   try {
     await healthy(`http://${httpAddress}/healthcheck`, 30_000, () => proc.child.exitCode !== null, proc.output);
@@ -145,7 +158,7 @@ export async function startRateLimitService(options: RateLimitServiceOptions): P
     output: proc.output,
     stop: async () => {
       await proc.stop();
-      if (ownDir) rmSync(runtimeRoot, { recursive: true, force: true });
+      if (ownDir) rmSync(runtimeDir, { recursive: true, force: true });
     },
   };
 }
