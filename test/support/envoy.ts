@@ -28,6 +28,7 @@ export async function validateEnvoyConfig(path: string): Promise<{ code: number;
 /**
  * A real Envoy on a written config (one worker thread), resolved once its admin
  * /ready says LIVE, i.e. every listener is up and every static secret loaded.
+ * ENVOY_TEST_LOG_LEVEL=debug shows why a handshake or a filter refused something.
  */
 export async function startEnvoy(configPath: string, adminPort: number, timeoutMs = 60_000): Promise<TestEnvoy> {
   const proc = await startProcess(tool("envoy"), ["-c", configPath, "--disable-hot-restart", "-l", process.env.ENVOY_TEST_LOG_LEVEL ?? "warn", "--concurrency", "1"]);
