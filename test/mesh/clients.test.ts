@@ -200,7 +200,7 @@ describe("the web console", () => {
   it("gets predictions over Connect with v2 forced by x-canary, and the edge sends them to v2", async () => {
     const before = { v1: await answers("v1"), v2: await answers("v2") };
     await page.getByLabel("User").fill("u000008");
-    await page.getByLabel("Items").fill("6");
+    await page.getByLabel("Number of items").fill("6");
     await page.getByLabel("Connect (JSON)").check();
     await page.getByLabel("Prediction version (x-canary)").selectOption("v2");
     await page.getByRole("button", { name: "Predict" }).click();
@@ -213,15 +213,18 @@ describe("the web console", () => {
 
   it("shows the edge's live figures from the read-only stats endpoint", async () => {
     // Free-tier bursts past its bucket (burst 100) until the edge refuses some, so the
-    // rate-limited figure has something to show; bounded in rounds, not by a clock.
-    const echo = createServiceClient(EchoService, mesh.edge);
+    // rate-limited figure has something to show. Four connections, each at the edge's
+    // 100 streams, put 400 calls in flight at once; bounded in rounds, not by a clock.
+    const echoes = Array.from({ length: 4 }, () => createServiceClient(EchoService, mesh.edge));
     let limited = 0;
     for (let round = 0; round < 10 && limited === 0; round++) {
       const refused = await Promise.all(
-        Array.from({ length: 200 }, () =>
-          echo.echo({ message: "burst" }, { headers: { "x-user-tier": "free" }, timeoutMs: 10_000 }).then(
-            () => false,
-            (e: unknown) => ConnectError.from(e).code === Code.ResourceExhausted,
+        echoes.flatMap((echo) =>
+          Array.from({ length: 100 }, () =>
+            echo.echo({ message: "burst" }, { headers: { "x-user-tier": "free" }, timeoutMs: 10_000 }).then(
+              () => false,
+              (e: unknown) => ConnectError.from(e).code === Code.ResourceExhausted,
+            ),
           ),
         ),
       );
