@@ -21,6 +21,22 @@ N_CATEGORIES = 20
 DAY = 86400
 # The generated log starts here (fixed, so runs are reproducible).
 GENERATOR_START = int(datetime(2025, 3, 1, tzinfo=timezone.utc).timestamp())
+# Generator parameter sets. "real-log" imitates public rating logs: years of data,
+# users who arrive over time and stay a while, a few of them very heavy, an old
+# catalogue that keeps most of the popularity while new items trickle in, and no
+# item seen twice by the same user.
+REGIMES = {
+    "default": {"days": 30},
+    "real-log": {
+        "days": 3650,
+        "activity_sigma": 1.6,
+        "user_lifetime_share": 0.25,
+        "new_item_share": 0.4,
+        "new_item_popularity": 0.3,
+        "novelty_days": 60.0,
+        "revisits": False,
+    },
+}
 
 
 def iso(ts: int | float) -> str:
@@ -84,7 +100,20 @@ def _normalize(m):
     return m / np.maximum(n, 1e-12)
 
 
-def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 30) -> Events:
+def generate(
+    seed: int,
+    n_users: int,
+    n_items: int,
+    n_events: int,
+    days: int = 30,
+    *,
+    activity_sigma: float = 0.9,
+    user_lifetime_share: float | None = None,
+    new_item_share: float = 0.15,
+    new_item_popularity: float = 1.0,
+    novelty_days: float = 2.0,
+    revisits: bool = True,
+) -> Events:
     """Synthetic interaction log with real structure.
 
     * users have latent taste vectors (mixtures of 1-3 favourite categories + noise);
@@ -98,6 +127,13 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
     * a view turns into a click with probability sigmoid(affinity + popularity +
       quality + hour/device/category context + session intent + "same category as
       the last click" + novelty); a click into a purchase with a smaller probability.
+
+    Realism knobs (see REGIMES): activity_sigma (log-normal spread of user activity:
+    heavy users), user_lifetime_share (each user arrives at a random time and stays
+    an exponential share of the span; None = everyone all along), new_item_share and
+    new_item_popularity (items launched during the span, and their popularity
+    relative to the back catalogue), novelty_days (how long a launch boost lasts),
+    revisits (False: a user never views the same item twice, like a rating log).
     """
     rng = np.random.default_rng(seed)
     d_true = 16
@@ -115,7 +151,7 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
     log_pop = np.log(zipf_w)
     log_pop_c = log_pop - log_pop.mean()
     quality = rng.normal(0.0, 0.45, size=n_items)
-    is_new = rng.random(n_items) < 0.15
+    is_new = rng.random(n_items) < new_item_share
     created = np.where(
         is_new,
         t0 + (rng.random(n_items) * (days - 2) * DAY).astype(np.int64),
@@ -138,10 +174,10 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
         wts = rng.dirichlet(np.ones(n_fav[u]))
         user_vec[u] = wts @ centers[favs]
     user_vec = _normalize(user_vec + 0.35 * _normalize(rng.normal(size=(n_users, d_true))))
-    activity = rng.lognormal(0.0, 0.9, size=n_users)
+    activity = rng.lognormal(0.0, activity_sigma, size=n_users)
     primary_device = rng.choice(3, size=n_users, p=[0.55, 0.30, 0.15])
     affinity = user_vec @ item_vec.T  # [U, I] in [-1, 1]
-    base_exposure = 0.85 * log_pop[None, :] + 3.2 * affinity  # log-weights
+    base_exposure = 0.85 * (log_pop + np.where(is_new, np.log(new_item_popularity), 0.0))[None, :] + 3.2 * affinity  # log-weights
 
     # diurnal profile per device (probability over 24 hours)
     hours = np.arange(24)
@@ -162,7 +198,12 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
     est_views = n_events / 1.08  # ~8% of rows are clicks/purchases; surplus trimmed below
     n_sessions = int(math.ceil(est_views / mean_len))
     s_user = rng.choice(n_users, size=n_sessions, p=activity / activity.sum())
-    s_day = rng.integers(0, days, size=n_sessions)
+    if user_lifetime_share is None:
+        s_day = rng.integers(0, days, size=n_sessions)
+    else:
+        arrive = rng.random(n_users) * days
+        stay = np.minimum(rng.exponential(user_lifetime_share * days, size=n_users) + 1.0, days - arrive)
+        s_day = np.minimum(days - 1, (arrive[s_user] + rng.random(n_sessions) * stay[s_user]).astype(np.int64))
     s_dev = np.where(rng.random(n_sessions) < 0.8, primary_device[s_user], rng.integers(0, 3, size=n_sessions))
     s_hour = np.array([rng.choice(24, p=diurnal[d]) for d in s_dev])
     s_start = t0 + s_day * DAY + s_hour * 3600 + rng.integers(0, 3600, size=n_sessions)
@@ -171,6 +212,7 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
     order = np.argsort(s_start, kind="stable")
 
     last_click_cat = np.full(n_users, -1, dtype=np.int64)
+    viewed = None if revisits else np.zeros((n_users, n_items), dtype=bool)
     out_u, out_i, out_t, out_e, out_d, out_s = [], [], [], [], [], []
     for s in order:
         u = int(s_user[s])
@@ -179,15 +221,23 @@ def generate(seed: int, n_users: int, n_items: int, n_events: int, days: int = 3
         h = (t - t0) // 3600 % 24
         hb = hour_cat_boost(h)
         logits = base_exposure[u] + 0.6 * hb[item_cat]
-        age = (t - created) / (2.0 * DAY)
+        age = (t - created) / (novelty_days * DAY)
         heat = np.where(age >= 0, np.log1p(4.0 * np.exp(-np.maximum(age, 0))), 0.0)
         logits = logits + 1.5 * heat
         logits = np.where(created <= t, logits, -np.inf)
         if last_click_cat[u] >= 0:
             logits = logits + 0.7 * (item_cat == last_click_cat[u])
+        if viewed is not None:
+            logits = np.where(viewed[u], -np.inf, logits)
+            if not np.isfinite(logits).any():
+                continue
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        picks = rng.choice(n_items, size=int(s_len[s]), p=p)
+        if viewed is None:
+            picks = rng.choice(n_items, size=int(s_len[s]), p=p)
+        else:
+            picks = rng.choice(n_items, size=min(int(s_len[s]), int((p > 0).sum())), p=p, replace=False)
+            viewed[u, picks] = True
         hour_base = 0.25 * math.cos(2 * math.pi * (h - 21) / 24.0)
         for it in picks:
             it = int(it)

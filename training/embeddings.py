@@ -34,11 +34,12 @@ def _half_step(Y: np.ndarray, indptr, cols, conf, reg: float) -> np.ndarray:
     return X
 
 
-def implicit_als(n_users, n_items, u, i, ev, *, dim=32, iters=12, reg=0.1, alpha=6.0, seed=7):
-    """Returns raw (unnormalised) user and item factors, float64."""
+def implicit_als(n_users, n_items, u, i, ev, *, dim=32, iters=12, reg=0.1, alpha=6.0, seed=7, decay=None):
+    """Returns raw (unnormalised) user and item factors, float64. decay: optional
+    per-event multiplier of the event weights (recency)."""
     key = u.astype(np.int64) * n_items + i
     uniq, inv = np.unique(key, return_inverse=True)
-    w = np.bincount(inv, weights=EVENT_WEIGHT[ev])
+    w = np.bincount(inv, weights=EVENT_WEIGHT[ev] * (1.0 if decay is None else decay))
     uu = (uniq // n_items).astype(np.int64)
     ii = (uniq % n_items).astype(np.int64)
     conf = 1.0 + alpha * np.log1p(w)
@@ -67,6 +68,7 @@ def fill_cold(U, V, user_seen, item_seen, item_category, n_categories):
     if user_seen.any():
         U[~user_seen] = U[user_seen].mean(axis=0)
     global_item = V[item_seen].mean(axis=0) if item_seen.any() else np.zeros(V.shape[1])
+    V[(~item_seen) & (item_category < 0)] = global_item  # category not known yet
     for c in range(n_categories):
         cold = (~item_seen) & (item_category == c)
         if not cold.any():
@@ -100,3 +102,38 @@ def kmeans(X: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
             if m.any():
                 C[c] = X[m].mean(0)
     return labels
+
+
+# ----------------------------------------------------------------------------
+# hyperparameter search
+# ----------------------------------------------------------------------------
+
+ALS_DIM = 31  # served vectors: 31 factor slots + the MIPS->cosine component
+ALS_GRID = {
+    "factors": (16, 31),
+    "reg": (3.0, 30.0, 100.0),
+    "alpha": (2.0, 6.0, 20.0),
+    "iters": (6, 12),
+    "half_life_share": (None, 0.25),  # recency weighting: half-life as a share of the history span
+}
+ALS_FIRST = {"factors": 31, "reg": 30.0, "alpha": 6.0, "iters": 12, "half_life_share": None}
+ALS_TRIALS = 6  # the budget: a fixed number of fits, not a wall-clock limit
+
+
+def als_trials(seed: int) -> list[dict]:
+    """ALS_FIRST, then distinct configurations drawn from the grid (seeded)."""
+    import itertools
+
+    keys = list(ALS_GRID)
+    grid = [dict(zip(keys, combo)) for combo in itertools.product(*ALS_GRID.values())]
+    rest = [g for g in grid if g != ALS_FIRST]
+    pick = np.random.default_rng(seed + 505).choice(len(rest), size=min(ALS_TRIALS - 1, len(rest)), replace=False)
+    return [ALS_FIRST] + [rest[k] for k in sorted(pick)]
+
+
+def train_als(n_users, n_items, u, i, ev, ts, hi: int, cfg: dict, half_life_s: float | None, seed: int):
+    """ALS on the events before hi; factors zero-padded to ALS_DIM (same inner products)."""
+    decay = None if half_life_s is None else 0.5 ** ((hi - ts).astype(np.float64) / half_life_s)
+    U, V = implicit_als(n_users, n_items, u, i, ev, dim=cfg["factors"], iters=cfg["iters"], reg=cfg["reg"], alpha=cfg["alpha"], seed=seed, decay=decay)
+    pad = lambda M: np.pad(M, ((0, 0), (0, ALS_DIM - M.shape[1])))
+    return pad(U), pad(V)
