@@ -1,22 +1,30 @@
 // `npm start`: the whole mesh on this machine. Logs go to .run/logs/; Ctrl-C stops
 // everything. A process that dies once the mesh is up is restarted (see Supervised).
-import { availableServices, startMesh } from "./mesh.js";
+import { availableServices, startMesh, type Mesh } from "./mesh.js";
 import { tool } from "./tools.js";
 
 const started = performance.now();
 const services = availableServices();
 console.log(`starting ${services.join(", ")} with their Envoy sidecars, and the edge...`);
-// Ctrl-C during start-up stops what has started so far.
+// Ctrl-C or SIGTERM: during start-up it stops what has started so far; once up, the
+// mesh. One handler throughout, so no signal finds the process without one.
 const interrupted = new AbortController();
-const interrupt = () => interrupted.abort();
-process.once("SIGINT", interrupt);
-process.once("SIGTERM", interrupt);
-const mesh = await startMesh({ signal: interrupted.signal }).catch((err: Error) => {
+let mesh: Mesh | undefined;
+let stopping = false;
+const stop = async () => {
+  if (!mesh) return interrupted.abort();
+  if (stopping) return;
+  stopping = true;
+  console.log("\nstopping...");
+  await mesh.stop();
+  process.exit(0);
+};
+process.on("SIGINT", stop);
+process.on("SIGTERM", stop);
+mesh = await startMesh({ signal: interrupted.signal }).catch((err: Error) => {
   console.error(`npm start failed: ${err.message}`);
   process.exit(1);
 });
-process.off("SIGINT", interrupt);
-process.off("SIGTERM", interrupt);
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
 const grpcurl = tool("grpcurl");
 const ghz = tool("ghz");
@@ -40,14 +48,3 @@ ${hasPrediction ? `  ${grpcurl} -plaintext -d '{"user_id":"u000001","num_predict
   curl -s ${mesh.edgeAdmin}/stats?filter=cluster.*upstream_rq_total
 
 A process that dies is restarted (exponential backoff; a crash loop gives up loudly). Ctrl-C stops everything.`);
-
-let stopping = false;
-const stop = async () => {
-  if (stopping) return;
-  stopping = true;
-  console.log("\nstopping...");
-  await mesh.stop();
-  process.exit(0);
-};
-process.on("SIGINT", stop);
-process.on("SIGTERM", stop);
