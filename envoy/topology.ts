@@ -59,7 +59,7 @@ const read: CallPolicy = {
   // At most half the hosts: outlier detection compares a host with its peers, and a
   // service whose only host fails some calls keeps that host (30% chaos aborts must
   // not turn into 100% "no healthy upstream"). A host that is down fails its active
-  // health checks instead, and then callers fail fast (panic threshold 0).
+  // health checks instead.
   outlier: { consecutiveGatewayFailure: 5, intervalMs: 1000, baseEjectionMs: 5000, maxEjectionPercent: 50 },
 };
 

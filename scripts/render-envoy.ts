@@ -208,30 +208,17 @@ function outlierDetection(spec: ServiceSpec, maxEjectionPercent: number): Obj {
   };
 }
 
-interface Ejection {
-  maxEjectionPercent: number;
-  /** Below this share of usable hosts Envoy ignores health and ejections (panic). */
-  panicThresholdPercent: number;
-}
-
 /**
- * A service's own hosts: outlier detection trims at most half of them (a lone host
- * is never ejected), and active health checks take out a host that is down; with no
- * healthy host left callers fail fast (panic threshold 0), so their fallback runs at
- * once instead of Envoy sending to a host it knows is down.
+ * How much of a service outlier detection may eject. A service's own hosts: at most
+ * half of them (topology's maxEjectionPercent), so a lone host is never ejected for
+ * failing some calls. A version behind a failover aggregate (failoverCluster): all
+ * of it, because its traffic moves to the other version.
  */
-const standalone = (spec: ServiceSpec): Ejection => ({ maxEjectionPercent: spec.call.outlier.maxEjectionPercent, panicThresholdPercent: 0 });
-
-/**
- * A version behind a failover aggregate (failoverCluster): ejecting all of it is
- * safe, because its traffic moves to the other version. If every version is out,
- * Envoy's default panic threshold sends to them anyway, so no burst of failures can
- * turn into "no healthy upstream" for everyone.
- */
-const failoverMember: Ejection = { maxEjectionPercent: 100, panicThresholdPercent: 50 };
+const standalone = (spec: ServiceSpec) => spec.call.outlier.maxEjectionPercent;
+const failoverMember = 100;
 
 /** A cluster for an upstream service's sidecars: circuit breakers, ejection, health. */
-function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[], ejection: Ejection = standalone(spec)): Obj {
+function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[], maxEjectionPercent = standalone(spec)): Obj {
   const { circuit } = spec.call;
   return {
     name,
@@ -256,8 +243,13 @@ function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: 
         },
       ],
     },
-    outlier_detection: outlierDetection(spec, ejection.maxEjectionPercent),
-    common_lb_config: { healthy_panic_threshold: { value: ejection.panicThresholdPercent } },
+    outlier_detection: outlierDetection(spec, maxEjectionPercent),
+    // Envoy's default panic threshold, kept on purpose: when fewer than half the hosts
+    // look usable (health checks timing out on a busy machine, ejections) Envoy sends
+    // to all of them rather than answer "no healthy upstream" to every caller. A host
+    // that is really down fails those calls fast (connection refused, or its
+    // sidecar's 503), and the caller's retry or fallback takes over.
+    common_lb_config: { healthy_panic_threshold: { value: 50 } },
     health_checks: grpcHealthCheck(),
   };
 }
