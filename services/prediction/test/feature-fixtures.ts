@@ -8,15 +8,17 @@ import { EntityType, type FeatureRow, type FeatureRowSchema, type FeatureService
 import { ROOT } from "../../../scripts/tools.js";
 import { views, type BatchView } from "../../feature/registry.js";
 
+const MODELS = join(ROOT, "models");
+
 /**
  * The training pipeline's batch feature files (models/features/v1) as WriteFeatures
  * rows stamped now, keeping the features the view declares: the files carry the
  * training split's time, which the views' TTL has long expired.
  */
-function featureRows(file: string, viewName: string, entityType: EntityType): MessageInitShape<typeof FeatureRowSchema>[] {
+function featureRows(modelsDir: string, file: string, viewName: string, entityType: EntityType): MessageInitShape<typeof FeatureRowSchema>[] {
   const view = views.find((v): v is BatchView => v.name === viewName)!;
   const eventTime = timestampNow();
-  return readFileSync(join(ROOT, "models", "features", "v1", file), "utf8")
+  return readFileSync(join(modelsDir, "features", "v1", file), "utf8")
     .trim()
     .split("\n")
     .map((line) => {
@@ -39,10 +41,10 @@ function featureRows(file: string, viewName: string, entityType: EntityType): Me
     });
 }
 
-/** Writes every user's and item's batch features of the committed models into the feature store. */
-export async function seedBatchFeatures(features: Client<typeof FeatureService>): Promise<void> {
-  await features.writeFeatures({ rows: featureRows("user_features.jsonl", "user_profile", EntityType.USER) }, { timeoutMs: 30_000 });
-  await features.writeFeatures({ rows: featureRows("item_features.jsonl", "item_profile", EntityType.ITEM) }, { timeoutMs: 30_000 });
+/** Writes every user's and item's batch features of the models in `modelsDir` into the feature store. */
+export async function seedBatchFeatures(features: Client<typeof FeatureService>, modelsDir = MODELS): Promise<void> {
+  await features.writeFeatures({ rows: featureRows(modelsDir, "user_features.jsonl", "user_profile", EntityType.USER) }, { timeoutMs: 30_000 });
+  await features.writeFeatures({ rows: featureRows(modelsDir, "item_features.jsonl", "item_profile", EntityType.ITEM) }, { timeoutMs: 30_000 });
 }
 
 /** A user whose popular answers can be told apart: their favourite category F, a category G they never touched, and items of each. */
@@ -55,9 +57,9 @@ export interface PopularFixture {
   otherItems: string[];
 }
 
-/** Picks, from the committed models, a user with one clear favourite category, and items to make popular. */
-export function popularFixture(): PopularFixture {
-  const lines = (file: string) => readFileSync(join(ROOT, "models", file), "utf8").trim().split("\n").map((line) => JSON.parse(line));
+/** Picks, from the models in `modelsDir`, a user with one clear favourite category, and items to make popular. */
+export function popularFixture(modelsDir = MODELS): PopularFixture {
+  const lines = (file: string) => readFileSync(join(modelsDir, file), "utf8").trim().split("\n").map((line) => JSON.parse(line));
   const users = lines("features/v1/user_features.jsonl") as { entity_id: string; values: { category_affinity?: Record<string, number> } }[];
   const catalogue = lines("catalog/v1/items.jsonl") as { item_id: string; category: string; popularity: number }[];
   const categories = [...new Set(catalogue.map((item) => item.category))].sort();

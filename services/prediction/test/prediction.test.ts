@@ -84,9 +84,10 @@ describe("prediction service through real feature, retrieval and experiment serv
       RETRIEVAL_ADDR: retrievalProxy.address,
       EXPERIMENT_ADDR: `127.0.0.1:${servers[0]!.port}`,
       DEFAULT_DEADLINE_MS: String(GENEROUS_MS),
-      POPULAR_REFRESH_MS: "200",
+      POPULAR_REFRESH_MS: "1000",
       // A Redis reply slower than this counts as a cache miss; these tests are about what is cached, not Redis's speed.
       REDIS_TIMEOUT_MS: "2000",
+      REDIS_COMMAND_TIMEOUT_MS: "5000",
       ...env,
     });
     servers.push(server);
@@ -96,25 +97,28 @@ describe("prediction service through real feature, retrieval and experiment serv
   beforeAll(async () => {
     redis = await startRedis();
     dir = mkdtempSync(join(tmpdir(), "recsys-prediction-"));
-    // A copy of the models, so the hot-swap test can add a version.
-    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog"]) {
-      cpSync(join(ROOT, "models", name, "v1"), join(dir, "models", name, "v1"), { recursive: true });
+    // A copy of the models, so the hot-swap test can add a version, and every server and
+    // fixture reads one generation even while the training pipeline rewrites models/.
+    const models = join(dir, "models");
+    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog", "features"]) {
+      cpSync(join(ROOT, "models", name, "v1"), join(models, name, "v1"), { recursive: true });
     }
-    const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN };
+    // Redis budgets a loaded machine meets: these servers are the stage, not what is tested.
+    const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000" };
     servers.push(await startExperiment(common));
-    const feature = await startFeatureService({ ...common, CATALOG_PATH: join(ROOT, "models", "catalog", "v1", "items.jsonl"), POPULAR_PUBLISH_INTERVAL_MS: "100" });
+    const feature = await startFeatureService({ ...common, CATALOG_PATH: join(models, "catalog", "v1", "items.jsonl"), POPULAR_PUBLISH_INTERVAL_MS: "1000" });
     servers.push(feature);
-    const retrieval = await startRetrievalService({ ...common, MODELS_DIR: join(ROOT, "models"), RETRIEVAL_DATA_DIR: join(dir, "retrieval") });
+    const retrieval = await startRetrievalService({ ...common, REDIS_TIMEOUT_MS: "5000", MODELS_DIR: models, RETRIEVAL_DATA_DIR: join(dir, "retrieval") });
     servers.push(retrieval);
     await retrieval.ready;
     featureProxy = await startFaultProxy(FeatureService, `127.0.0.1:${feature.port}`);
     retrievalProxy = await startFaultProxy(RetrievalService, `127.0.0.1:${retrieval.port}`);
 
     const features = createServiceClient(FeatureService, `127.0.0.1:${feature.port}`);
-    await seedBatchFeatures(features);
+    await seedBatchFeatures(features, models);
     // Popular lists as the feature service's aggregator publishes them from events; every
     // prediction instance then starts with its copy of them.
-    popular = popularFixture();
+    popular = popularFixture(models);
     await clickPopularItems(features, popular);
     const lists = new Redis(redis.url);
     await vi.waitFor(async () => {
@@ -352,7 +356,7 @@ describe("prediction service through real feature, retrieval and experiment serv
       expect(rungs.get(FallbackLevel.POPULAR) ?? 0).toBeGreaterThan(0);
       expect([...rungs.values()].reduce((a, b) => a + b, 0)).toBe(total);
       expect(rungs.get(FallbackLevel.STATIC) ?? 0).toBeLessThan(total * 0.02);
-    });
+    }, 180_000);
   });
 
   it("sheds LOW with RESOURCE_EXHAUSTED and answers NORMAL from a cheaper rung when the queue backs up, while HIGH waits its turn", async () => {
@@ -413,18 +417,21 @@ describe("prediction service through real feature, retrieval and experiment serv
       }
     };
     const load = Promise.all([0, 1, 2, 3].map(worker));
-    // Answers on the old models first, then the swap, then answers after it.
-    await expect.poll(() => answered, EVENTUALLY).toBeGreaterThanOrEqual(8);
-    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8"]) {
-      cpSync(join(dir, "models", name, "v1"), join(dir, "models", name, "v2"), { recursive: true });
+    try {
+      // Answers on the old models first, then the swap, then answers after it.
+      await expect.poll(() => answered, EVENTUALLY).toBeGreaterThanOrEqual(8);
+      for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8"]) {
+        cpSync(join(dir, "models", name, "v1"), join(dir, "models", name, "v2"), { recursive: true });
+      }
+      const reloaded = await client.reloadModels({}, admin);
+      expect(reloaded.modelVersions).toMatchObject({ "ranker-gbdt": "v2", "ranker-mlp": "v2", embeddings: "v1" });
+      // Four workers have at most four requests on the old models in flight: eight more answers include new ones.
+      const atSwap = answered;
+      await expect.poll(() => answered - atSwap, EVENTUALLY).toBeGreaterThanOrEqual(8);
+    } finally {
+      stop = true;
+      await load;
     }
-    const reloaded = await client.reloadModels({}, admin);
-    expect(reloaded.modelVersions).toMatchObject({ "ranker-gbdt": "v2", "ranker-mlp": "v2", embeddings: "v1" });
-    // Four workers have at most four requests on the old models in flight: eight more answers include new ones.
-    const atSwap = answered;
-    await expect.poll(() => answered - atSwap, EVENTUALLY).toBeGreaterThanOrEqual(8);
-    stop = true;
-    await load;
     expect(errors).toEqual([]);
     expect(rungs).toEqual(new Set([FallbackLevel.PRIMARY]));
     expect(versions).toEqual(new Set(["v1", "v2"]));
@@ -465,7 +472,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     expect(progress).toEqual([1, 2, 3, 4, 5, 6]);
     const top = summary.users[0]!;
     // The most active user: the highest user_log_events in the materialised features.
-    const activity = readFileSync(join(ROOT, "models", "features", "v1", "user_features.jsonl"), "utf8")
+    const activity = readFileSync(join(dir, "models", "features", "v1", "user_features.jsonl"), "utf8")
       .trim()
       .split("\n")
       .map((line) => JSON.parse(line) as { entity_id: string; values: { user_log_events: number } });
