@@ -1,7 +1,7 @@
 // Brings the mesh up on one machine without Docker: Redis (unless REDIS_URL is
 // given), every service instance from envoy/topology.ts with its Envoy sidecar, and
 // the edge Envoy. Used by `npm start`, the mesh tests and the end-to-end benchmark.
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { join, relative } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -75,6 +75,36 @@ export function availableServices(): string[] {
 /** Addresses of a caller's upstreams: its own sidecar's egress listeners. */
 function upstreamEnv(spec: ServiceSpec, version: string): Record<string, string> {
   return Object.fromEntries(spec.upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${localPorts.egress(spec.name, version, u)}`]));
+}
+
+/**
+ * Claims a run dir for this process (runDir/mesh.pid), or throws naming the live mesh
+ * that holds it; a claim left by a dead process is taken over. Returns the release.
+ */
+function claimRunDir(runDir: string): () => void {
+  const file = join(runDir, "mesh.pid");
+  for (;;) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: "wx" });
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const holder = Number(readFileSync(file, "utf8"));
+      if (holder && holder !== process.pid && alive(holder)) {
+        throw new Error(`another mesh (pid ${holder}) is running from ${runDir}: stop it, or give this one its own directory (RECSYS_RUN_DIR=<dir>)`);
+      }
+      rmSync(file, { force: true });
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 /** Every port the mesh would listen on that something else holds now, named with its holder where `ss` can tell. */
@@ -225,6 +255,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
     throw new Error(`the mesh cannot start: ${taken.length === 1 ? "a port it needs is" : "ports it needs are"} in use:\n${taken.map((t) => `  ${t}`).join("\n")}\nStop what holds ${taken.length === 1 ? "it" : "them"} (another \`npm start\`?), or run inside a private network namespace: node scripts/in-netns.mjs <command>.`);
   }
 
+  // One mesh per run dir: two Redis servers appending to one AOF corrupt it.
+  const releaseRunDir = claimRunDir(runDir);
   const processes = new Map<string, Supervised>();
   let failStart: (err: Error) => void = () => undefined;
   const startFailed = new Promise<never>((_, reject) => (failStart = reject));
@@ -298,6 +330,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const stop = async () => {
     await Promise.all([...processes.values()].map((p) => p.stop()));
     process.off("exit", killAll);
+    releaseRunDir();
   };
   const app = (id: string) => {
     const found = apps.get(id);

@@ -4,13 +4,18 @@
 // it says it is up. Reports how many came up, how long each took, why any failed, and
 // any process a run left behind in its namespace.
 import { spawn } from "node:child_process";
-import { readdirSync, readlinkSync } from "node:fs";
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ROOT } from "./tools.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "20" }, minutes: { type: "string", default: "60" }, "timeout-s": { type: "string", default: "180" } } });
 const runs = Number(values.runs);
 const stopStartingAt = performance.now() + Number(values.minutes) * 60_000;
+// One run dir for the whole loop (each start reloads the last one's Redis files, as
+// consecutive npm starts do), apart from a running `npm start`'s .run/.
+const runDir = mkdtempSync(join(tmpdir(), "recsys-start-loop-"));
 const timeoutMs = Number(values["timeout-s"]) * 1000;
 
 interface Run {
@@ -38,7 +43,7 @@ async function once(): Promise<Run> {
   const started = performance.now();
   const child = spawn("unshare", ["-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", "node", "--import", "tsx", "scripts/start.ts"], {
     cwd: ROOT,
-    env: { ...process.env, RECSYS_IN_NETNS: "1" },
+    env: { ...process.env, RECSYS_IN_NETNS: "1", RECSYS_RUN_DIR: runDir },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
@@ -79,6 +84,7 @@ for (let i = 1; i <= runs && performance.now() < stopStartingAt; i++) {
   results.push(run);
   console.log(`run ${i}/${runs}: ${run.up ? "up" : "FAILED"} in ${run.seconds.toFixed(1)} s, exit ${run.exitCode}${run.leftBehind ? `, ${run.leftBehind} processes left behind` : ""}${run.failure ? `\n${run.failure}` : ""}`);
 }
+rmSync(runDir, { recursive: true, force: true });
 const upCount = results.filter((r) => r.up).length;
 const times = results.filter((r) => r.up).map((r) => r.seconds).sort((a, b) => a - b);
 console.log(
