@@ -4,6 +4,7 @@
 // a CORS allow-list, and mTLS between every Envoy with certificates from files that
 // Envoy watches (SDS), so a rotated certificate is used without a restart.
 import { accessTable, infraPaths, methodPath, pathsOf } from "./access.js";
+import { JWT_AUDIENCE as jwtAudience, JWT_ISSUER as jwtIssuer } from "../services/kit/auth.js";
 import { services } from "./topology.js";
 
 type Obj = Record<string, unknown>;
@@ -16,9 +17,8 @@ export const edgeIdentity = "edge";
 export const spiffeId = (name: string) => `spiffe://${trustDomain}/ns/recsys/sa/${name}`;
 export const meshIdentities = (): string[] => [edgeIdentity, ...services.map((s) => s.name)];
 
-/** The edge accepts tokens from this issuer for this audience (scripts/token.ts mints them). */
-export const jwtIssuer = "https://auth.recsys.local";
-export const jwtAudience = "recsys-edge";
+/** The edge accepts tokens from this issuer for this audience (scripts/token.ts mints them; the apps check the same). */
+export { JWT_ISSUER as jwtIssuer, JWT_AUDIENCE as jwtAudience } from "../services/kit/auth.js";
 const jwtProvider = "recsys";
 const jwtFilter = "envoy.filters.http.jwt_authn";
 /** Where jwt_authn puts the verified payload in dynamic metadata (RBAC reads the role there). */

@@ -16,7 +16,7 @@ const WRITE_ATTEMPTS = 5;
 const DEFAULT_ALPHA = 0.05;
 
 export interface ExperimentDeps {
-  config: Pick<ExperimentConfig, "ADMIN_TOKEN" | "SEQUENTIAL_TAU">;
+  config: Pick<ExperimentConfig, "ADMIN_TOKEN" | "JWKS_PATH" | "SEQUENTIAL_TAU">;
   store: ExperimentStore;
   /** The same in-process assigner the prediction service uses, on this process's cache. */
   assigner: Assigner;
@@ -75,7 +75,7 @@ export function experimentService({ config, store, assigner }: ExperimentDeps) {
     throw statusError(Code.Aborted, "CONCURRENT_CHANGE", "experiment definitions kept changing during the write; retry");
   };
 
-  const admin = (ctx: HandlerContext) => requireAdmin(ctx.requestHeader, config.ADMIN_TOKEN);
+  const admin = (ctx: HandlerContext) => requireAdmin(ctx.requestHeader, config);
 
   return implement(ExperimentService, {
     async assign(request) {

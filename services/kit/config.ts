@@ -12,8 +12,13 @@ export const baseConfigShape = {
   /** Prometheus /metrics over HTTP; unset means none. */
   METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
   LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
-  /** Bearer token the admin RPCs require. */
-  ADMIN_TOKEN: z.string().min(8).default("dev-admin-token"),
+  /**
+   * A static bearer token that admin RPCs accept, for operators; no default, so no
+   * deployment carries a known secret. Admin JWTs (JWKS_PATH) are the usual way.
+   */
+  ADMIN_TOKEN: z.string().min(8).optional(),
+  /** The JWKS whose keys sign admin tokens (the edge's; npm run token mints dev ones). */
+  JWKS_PATH: z.string().min(1).optional(),
   /**
    * After SIGTERM, how long the server keeps serving while health says NOT_SERVING,
    * so Envoy's active health check (1 s interval, 2 failures) takes it out of rotation

@@ -19,14 +19,6 @@ export function invalidArgument(field: string, message: string): ConnectError {
   return statusError(Code.InvalidArgument, "INVALID_ARGUMENT", `${field}: ${message}`, { field });
 }
 
-/** UNAUTHENTICATED unless the request carries "authorization: Bearer <token>". */
-export function requireAdmin(requestHeader: Headers, token: string): void {
-  const header = requestHeader.get("authorization") ?? "";
-  if (header !== `Bearer ${token}`) {
-    throw statusError(Code.Unauthenticated, "ADMIN_TOKEN_REQUIRED", "admin call: missing or wrong bearer token");
-  }
-}
-
 /** Any thrown value as a ConnectError; unknown errors become INTERNAL without leaking details. */
 export function asConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;

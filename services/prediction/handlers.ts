@@ -31,7 +31,7 @@ export function predictionService({ config, predictor, cache, store }: Predictio
     },
 
     async invalidateCache(request, ctx) {
-      requireAdmin(ctx.requestHeader, config.ADMIN_TOKEN);
+      requireAdmin(ctx.requestHeader, config);
       if (!request.all && request.userIds.length === 0) throw invalidArgument("user_ids", "name at least one user, or set all");
       try {
         const { l1Removed, l2Removed } = await cache.invalidate(request.all ? "all" : request.userIds);
@@ -42,7 +42,7 @@ export function predictionService({ config, predictor, cache, store }: Predictio
     },
 
     async reloadModels(_request, ctx) {
-      requireAdmin(ctx.requestHeader, config.ADMIN_TOKEN);
+      requireAdmin(ctx.requestHeader, config);
       try {
         return { modelVersions: (await store.reload()).versions };
       } catch (err) {

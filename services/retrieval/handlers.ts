@@ -235,7 +235,7 @@ export function retrievalService(config: RetrievalConfig, resources: () => Retri
     },
 
     async rebuildIndex(_request, ctx) {
-      requireAdmin(ctx.requestHeader, config.ADMIN_TOKEN);
+      requireAdmin(ctx.requestHeader, config);
       const { store } = ready();
       const result = await store.rebuild();
       return { previousVersion: result.previousVersion, version: result.version, size: BigInt(result.size), buildMs: result.buildMs };
