@@ -28,6 +28,12 @@ export interface ServerOptions {
   log?: Logger;
   /** Called after the listeners stop, before exit: close Redis, flush queues. */
   onShutdown?: () => Promise<void>;
+  /**
+   * Proto files of services served elsewhere that reflection describes too: the
+   * edge routes reflection to one service, so that one describes the whole public
+   * API and grpcurl needs no proto files for any service behind the edge.
+   */
+  reflectAlso?: DescFile[];
 }
 
 export interface RunningServer {
@@ -50,7 +56,7 @@ export interface RunningServer {
  * Every file the services' descriptors need, dependencies first, plus health and
  * the error details we send, for reflection.
  */
-function descriptorSet(services: ServiceRegistration[]): Buffer[] {
+function descriptorSet(services: ServiceRegistration[], also: DescFile[]): Buffer[] {
   const seen = new Map<string, Buffer>();
   const visit = (file: DescFile) => {
     if (seen.has(file.name)) return;
@@ -58,6 +64,7 @@ function descriptorSet(services: ServiceRegistration[]): Buffer[] {
     seen.set(file.name, Buffer.from(toBinary(FileDescriptorProtoSchema, file.proto)));
   };
   services.forEach(({ service }) => visit(service.file));
+  also.forEach(visit);
   visit(file_grpc_health_v1_health);
   visit(file_google_rpc_error_details);
   return [...seen.values()];
@@ -68,11 +75,11 @@ function descriptorSet(services: ServiceRegistration[]): Buffer[] {
  * reflection services themselves, so grpcurl needs no proto files. Our files come
  * from the generated descriptors; proto-loader's would mangle map fields.
  */
-function addReflection(server: Pick<grpc.Server, "addService">, services: ServiceRegistration[]) {
+function addReflection(server: Pick<grpc.Server, "addService">, services: ServiceRegistration[], also: DescFile[]) {
   const reflectionDir = require.resolve("@grpc/reflection").replace(/build\/src\/index\.js$/, "build/proto");
   const standard = protoLoader.loadSync(["grpc/reflection/v1/reflection.proto"], { includeDirs: [reflectionDir] });
   const ours = {
-    "recsys.descriptors": { format: "Protocol Buffer 3 DescriptorProto", type: {}, fileDescriptorProtos: descriptorSet(services) },
+    "recsys.descriptors": { format: "Protocol Buffer 3 DescriptorProto", type: {}, fileDescriptorProtos: descriptorSet(services, also) },
   } as unknown as protoLoader.PackageDefinition;
   new ReflectionService({ ...standard, ...ours }).addToServer(server as grpc.Server);
 }
@@ -123,7 +130,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       tolerant.addService(definition, definition === healthService ? { ...impl, watch: tracked } : impl);
     },
   } as grpc.Server);
-  addReflection(tolerant, services);
+  addReflection(tolerant, services, options.reflectAlso ?? []);
 
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${config.HOST}:${config.GRPC_PORT}`, grpc.ServerCredentials.createInsecure(), (err, bound) =>

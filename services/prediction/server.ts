@@ -1,7 +1,8 @@
 import { pathToFileURL } from "node:url";
-import { ExperimentService } from "../../gen/recsys/experiment/v1/experiment_pb.js";
-import { FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
-import { RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import { file_recsys_echo_v1_echo } from "../../gen/recsys/echo/v1/echo_pb.js";
+import { ExperimentService, file_recsys_experiment_v1_experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
+import { FeatureService, file_recsys_feature_v1_feature } from "../../gen/recsys/feature/v1/feature_pb.js";
+import { RetrievalService, file_recsys_retrieval_v1_retrieval } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { createLogger, createServiceClient, exitOnSignals, startServer, type Logger } from "../kit/index.js";
 import { Admission } from "./admission.js";
 import { VariantResolver } from "./assignment.js";
@@ -116,6 +117,8 @@ export async function startPrediction(env: Record<string, string | undefined> = 
     config,
     log,
     services: [predictionService({ config, predictor, cache, store })],
+    // The edge sends reflection here: describe every service behind it.
+    reflectAlso: [file_recsys_feature_v1_feature, file_recsys_retrieval_v1_retrieval, file_recsys_experiment_v1_experiment, file_recsys_echo_v1_echo],
     onShutdown: close,
   }).catch(async (err: unknown) => {
     await close();
