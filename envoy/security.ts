@@ -5,7 +5,7 @@
 // Envoy watches (SDS), so a rotated certificate is used without a restart.
 import { accessTable, infraPaths, methodPath, pathsOf } from "./access.js";
 import { JWT_AUDIENCE as jwtAudience, JWT_ISSUER as jwtIssuer } from "../services/kit/auth.js";
-import { services } from "./topology.js";
+import { localPorts, services } from "./topology.js";
 
 type Obj = Record<string, unknown>;
 const type = (name: string) => `type.googleapis.com/${name}`;
@@ -294,8 +294,8 @@ export function globalRateLimitFilter(timeoutMs = 100): Obj {
 /** Headers a browser may send cross-origin: no identity header but the bearer token. */
 const corsAllowHeaders = "content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, x-user-agent, authorization, x-canary, traceparent, tracestate";
 
-/** The demo page's origin: the one origin the edge grants by default. */
-export const defaultAllowedOrigins = ["http://127.0.0.1:8088"];
+/** The web console's origins (scripts/web.ts): the only ones the edge grants by default. */
+export const defaultAllowedOrigins = [`http://127.0.0.1:${localPorts.webConsole}`, `http://localhost:${localPorts.webConsole}`];
 
 /**
  * The CORS policy for the edge's virtual host (typed_per_filter_config of
@@ -310,7 +310,8 @@ export function corsPolicy(allowedOrigins: string[] = defaultAllowedOrigins): Ob
       allow_origin_string_match: allowedOrigins.map((exact) => ({ exact })),
       allow_methods: "GET, POST, OPTIONS",
       allow_headers: corsAllowHeaders,
-      expose_headers: "grpc-status, grpc-message, grpc-status-details-bin, traceresponse, retry-after",
+      // x-service-version: which prediction version answered (the console shows it).
+      expose_headers: "x-service-version, grpc-status, grpc-message, grpc-status-details-bin, traceresponse, retry-after",
       max_age: "86400",
       allow_credentials: false,
       forward_not_matching_preflights: false,

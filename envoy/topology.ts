@@ -88,7 +88,7 @@ export const services: ServiceSpec[] = [
     grpcServices: ["recsys.feature.v1.FeatureService"],
     versions: ["v1"],
     upstreams: [],
-    connect: false,
+    connect: true,
     ingressRps: 50000,
     call: read,
     edgeLimits: { ...defaultEdge, streamingMethods: ["IngestEventStream"] },
@@ -98,7 +98,7 @@ export const services: ServiceSpec[] = [
     grpcServices: ["recsys.retrieval.v1.RetrievalService"],
     versions: ["v1"],
     upstreams: [],
-    connect: false,
+    connect: true,
     ingressRps: 50000,
     call: read,
     edgeLimits: defaultEdge,
@@ -108,7 +108,7 @@ export const services: ServiceSpec[] = [
     grpcServices: ["recsys.experiment.v1.ExperimentService"],
     versions: ["v1"],
     upstreams: [],
-    connect: false,
+    connect: true,
     ingressRps: 50000,
     call: read,
     edgeLimits: defaultEdge,
@@ -118,7 +118,7 @@ export const services: ServiceSpec[] = [
     grpcServices: ["recsys.echo.v1.EchoService"],
     versions: ["v1"],
     upstreams: [],
-    connect: false,
+    connect: true,
     ingressRps: 100000,
     // The benchmark baseline: no per-try timeout or hedging, so the mesh's cost is
     // measured without policies that would add or drop attempts under load.
@@ -127,14 +127,21 @@ export const services: ServiceSpec[] = [
   },
 ];
 
-/** Rate limits per user tier at the edge (x-user-tier header), token buckets. */
+/**
+ * Rate limits per user tier at the edge, per user: the tier is the verified token's
+ * `tier` claim (jwt_authn), never a header the client wrote. envoyproxy/ratelimit
+ * counts them in fixed one-second windows (scripts/ratelimit.ts renders its config).
+ */
 export const tiers = [
-  { tier: "free", rps: 50, burst: 100 },
-  { tier: "premium", rps: 500, burst: 1000 },
-  { tier: "enterprise", rps: 5000, burst: 10000 },
+  { tier: "free", rps: 50 },
+  { tier: "premium", rps: 500 },
+  { tier: "enterprise", rps: 5000 },
 ];
-/** Requests without a tier header share this bucket. */
-export const anonymousRps = 20000;
+/**
+ * Every request through one edge process, whoever sends it: a local token bucket
+ * behind the global rate limit, which fails open when its service does not answer.
+ */
+export const edgeBackstopRps = 20000;
 
 /**
  * What one client may hold at the edge. A connection with no request in flight is
@@ -161,6 +168,8 @@ export const edgeProtection = {
 export interface Ports {
   edge: number;
   edgeAdmin: number;
+  /** envoyproxy/ratelimit's gRPC port (the edges' global rate limit). */
+  rateLimitGrpc: number;
   app(service: string, version: string): number;
   appConnect(service: string, version: string): number;
   appMetrics(service: string, version: string): number;
@@ -175,9 +184,14 @@ const slot = (service: string, version: string) => index(service) * 10 + service
 // Every local port sits below 32768: Linux hands out ephemeral source ports from
 // 32768-60999 (IANA: 49152-65535), and a listener there can find its port taken by
 // some outgoing connection made during start-up.
-export const localPorts: Ports = {
+export const localPorts: Ports & { rateLimitHttp: number; rateLimitDebug: number; webConsole: number } = {
   edge: Number(process.env.EDGE_PORT ?? 8080),
   edgeAdmin: Number(process.env.EDGE_ADMIN_PORT ?? 9901),
+  rateLimitGrpc: 18081,
+  rateLimitHttp: 18080,
+  rateLimitDebug: 16070,
+  /** The web console (scripts/web.ts): the one origin the edge's CORS policy grants. */
+  webConsole: Number(process.env.WEB_PORT ?? 8088),
   app: (s, v) => 20100 + slot(s, v),
   appConnect: (s, v) => 20200 + slot(s, v),
   appMetrics: (s, v) => 20300 + slot(s, v),
@@ -195,6 +209,10 @@ export function localListeners(): { port: number; what: string }[] {
     { port: localPorts.edge, what: "edge" },
     { port: localPorts.edgeAdmin, what: "edge admin" },
     { port: localRedisPort, what: "redis" },
+    { port: localPorts.rateLimitGrpc, what: "ratelimit (gRPC)" },
+    { port: localPorts.rateLimitHttp, what: "ratelimit (HTTP)" },
+    { port: localPorts.rateLimitDebug, what: "ratelimit (debug)" },
+    { port: localPorts.webConsole, what: "web console" },
   ];
   for (const { service: spec, version, id } of instances) {
     list.push(
@@ -212,6 +230,8 @@ export function localListeners(): { port: number; what: string }[] {
 export const podPorts: Ports = {
   edge: 8080,
   edgeAdmin: 9901,
+  // envoyproxy/ratelimit's own default, in its own pod.
+  rateLimitGrpc: 8081,
   app: () => 50051,
   appConnect: () => 50052,
   appMetrics: () => 9090,

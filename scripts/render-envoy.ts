@@ -6,7 +6,21 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instances, localPorts, podPorts, service, services, tiers, anonymousRps, edgeProtection, type Ports, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localPorts, podPorts, service, services, edgeBackstopRps, edgeProtection, type Ports, type ServiceSpec } from "../envoy/topology.js";
+import {
+  corsPolicy,
+  downstreamTls,
+  edgeAuthFilters,
+  edgeIdentity,
+  edgeManagerOptions,
+  globalRateLimitFilter,
+  rateLimitCluster,
+  sidecarIngressManagerOptions,
+  sidecarPeers,
+  sidecarRbacFilter,
+  upstreamTls,
+} from "../envoy/security.js";
+import { pkiLayout, type Pki } from "./pki.js";
 import { ROOT } from "./tools.js";
 
 type Target = "local" | "k8s";
@@ -19,6 +33,10 @@ interface Placement {
   /** Address and discovery type of an instance's sidecar ingress. */
   ingressOf(service: string, version: string): { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
   accessLog(id: string): string;
+  /** Where each Envoy finds its certificate, the CA and the JWKS (scripts/pki.ts's layout). */
+  pki: Pki;
+  /** The envoyproxy/ratelimit service the edge asks. */
+  rateLimit: { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
 }
 
 const placements: Record<Target, Placement> = {
@@ -27,6 +45,9 @@ const placements: Record<Target, Placement> = {
     publicBind: "127.0.0.1",
     ingressOf: (s, v) => ({ address: "127.0.0.1", port: localPorts.ingress(s, v), type: "STATIC" }),
     accessLog: (id) => `.run/logs/envoy-${id}.access.log`,
+    // Relative, like the logs: Envoy runs with the repository as its working directory.
+    pki: pkiLayout(".run/pki"),
+    rateLimit: { address: "127.0.0.1", port: localPorts.rateLimitGrpc, type: "STATIC" },
   },
   k8s: {
     ports: podPorts,
@@ -38,6 +59,9 @@ const placements: Record<Target, Placement> = {
       type: "STRICT_DNS",
     }),
     accessLog: () => "stdout",
+    // Secrets mounted per identity (k8s/render.ts).
+    pki: pkiLayout("/etc/recsys/pki"),
+    rateLimit: { address: "ratelimit.recsys.svc.cluster.local", port: podPorts.rateLimitGrpc, type: "STRICT_DNS" },
   },
 };
 
@@ -84,13 +108,14 @@ function accessLog(path: string): Obj[] {
   ];
 }
 
-function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: string): Obj {
+function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: string, options: Obj = {}): Obj {
   return {
     name: "envoy.filters.network.http_connection_manager",
     typed_config: {
       "@type": type("envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"),
       stat_prefix: statPrefix,
       codec_type: "AUTO",
+      ...options,
       http2_protocol_options: { max_concurrent_streams: 1000 },
       access_log: accessLog(logPath),
       route_config: routeConfig,
@@ -99,8 +124,8 @@ function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: 
   };
 }
 
-function listener(name: string, address: string, port: number, manager: Obj): Obj {
-  return { name, address: socket(address, port), filter_chains: [{ filters: [manager] }] };
+function listener(name: string, address: string, port: number, manager: Obj, transportSocket?: Obj): Obj {
+  return { name, address: socket(address, port), filter_chains: [{ filters: [manager], ...(transportSocket ? { transport_socket: transportSocket } : {}) }] };
 }
 
 function tokenBucket(rps: number, burst = rps): Obj {
@@ -109,7 +134,7 @@ function tokenBucket(rps: number, burst = rps): Obj {
 
 const always = { default_value: { numerator: 100, denominator: "HUNDRED" } };
 
-function localRateLimit(statPrefix: string, rps: number, perTier?: { descriptors: Obj[]; rateLimits: Obj[] }): Obj {
+function localRateLimit(statPrefix: string, rps: number): Obj {
   return {
     name: "envoy.filters.http.local_ratelimit",
     typed_config: {
@@ -126,7 +151,6 @@ function localRateLimit(statPrefix: string, rps: number, perTier?: { descriptors
         { header: { key: "retry-after", value: "1" } },
         { header: { key: "grpc-retry-pushback-ms", value: "1000" } },
       ],
-      ...(perTier ? { descriptors: perTier.descriptors, rate_limits: perTier.rateLimits } : {}),
     },
   };
 }
@@ -217,12 +241,16 @@ function outlierDetection(spec: ServiceSpec, maxEjectionPercent: number): Obj {
 const standalone = (spec: ServiceSpec) => spec.call.outlier.maxEjectionPercent;
 const failoverMember = 100;
 
-/** A cluster for an upstream service's sidecars: circuit breakers, ejection, health. */
-function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[], maxEjectionPercent = standalone(spec)): Obj {
+/**
+ * A cluster for an upstream service's sidecars: mTLS (`tls`, which the active
+ * health checks use too), circuit breakers, ejection, health.
+ */
+function upstreamCluster(name: string, spec: ServiceSpec, endpoints: { address: string; port: number; type: string }[], tls: Obj, maxEjectionPercent = standalone(spec)): Obj {
   const { circuit } = spec.call;
   return {
     name,
     type: endpoints[0]!.type,
+    transport_socket: tls,
     connect_timeout: "0.25s",
     lb_policy: "LEAST_REQUEST",
     typed_extension_protocol_options: http2Options(),
@@ -391,8 +419,9 @@ function bootstrap(id: string, adminPort: number, listeners: Obj[], clusters: Ob
 
 export function renderSidecar(spec: ServiceSpec, version: string, target: Target): Obj {
   const place = placements[target];
-  const { ports } = place;
+  const { ports, pki } = place;
   const id = spec.versions.length > 1 ? `${spec.name}-${version}` : spec.name;
+  const ownCertificate = pki.identity(spec.name).sds;
   const grpcRoute = {
     match: { prefix: "/", headers: [{ name: "content-type", string_match: { prefix: "application/grpc" } }] },
     route: { cluster: "local_app_grpc", timeout: "0s", max_stream_duration: { grpc_timeout_header_max: "0s" } },
@@ -405,9 +434,13 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
     hcm(
       `ingress_${spec.name}`,
       { name: "local_app", virtual_hosts: [{ name: "local_app", domains: ["*"], routes: spec.connect ? [grpcRoute, connectRoute] : [grpcRoute] }] },
-      [...faultInjection(), localRateLimit(`ingress_${spec.name}_ratelimit`, spec.ingressRps)],
+      // Who may call what, first: nothing refused costs a fault or a token.
+      [sidecarRbacFilter(spec.name), ...faultInjection(), localRateLimit(`ingress_${spec.name}_ratelimit`, spec.ingressRps)],
       place.accessLog(`${id}-ingress`),
+      sidecarIngressManagerOptions,
     ),
+    // Only the edge and the services the topology lets call this one get past the handshake.
+    downstreamTls(ownCertificate, pki.trust, sidecarPeers(spec.name)),
   );
   const egress = spec.upstreams.map((upstream) =>
     listener(
@@ -427,7 +460,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
     ...(spec.connect ? [localAppCluster("local_app_connect", ports.appConnect(spec.name, version), false)] : []),
     ...spec.upstreams.map((upstream) => {
       const up = service(upstream);
-      return upstreamCluster(upstream, up, up.versions.map((v) => place.ingressOf(upstream, v)));
+      return upstreamCluster(upstream, up, up.versions.map((v) => place.ingressOf(upstream, v)), upstreamTls(ownCertificate, pki.trust, upstream));
     }),
   ];
   return bootstrap(id, ports.sidecarAdmin(spec.name, version), [ingress, ...egress], clusters);
@@ -527,17 +560,6 @@ export function renderEdge(target: Target): Obj {
     route: { ...failoverRoute(prediction, stable), timeout: "5s" },
     typed_per_filter_config: unbuffered,
   }));
-  const cors = {
-    "envoy.filters.http.cors": {
-      "@type": type("envoy.extensions.filters.http.cors.v3.CorsPolicy"),
-      allow_origin_string_match: [{ safe_regex: { regex: ".*" } }],
-      allow_methods: "GET, POST, OPTIONS",
-      allow_headers:
-        "content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, x-user-agent, authorization, x-user-tier, x-canary, traceparent, tracestate",
-      expose_headers: "grpc-status, grpc-message, grpc-status-details-bin, traceresponse, retry-after",
-      max_age: "86400",
-    },
-  };
   const limits = edgeProtection;
   const manager = hcm(
     "edge",
@@ -549,7 +571,7 @@ export function renderEdge(target: Target): Obj {
         {
           name: "recsys",
           domains: ["*"],
-          typed_per_filter_config: cors,
+          typed_per_filter_config: corsPolicy(),
           routes: [...forced, ...toCanary, ...toStable, ...otherRoutes, ...infraRoutes],
         },
       ],
@@ -563,14 +585,17 @@ export function renderEdge(target: Target): Obj {
         name: "envoy.filters.http.grpc_stats",
         typed_config: { "@type": type("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"), stats_for_all_methods: true, enable_upstream_stats: true },
       },
-      localRateLimit("edge_tier_ratelimit", anonymousRps, {
-        descriptors: tiers.map((t) => ({ entries: [{ key: "tier", value: t.tier }], token_bucket: tokenBucket(t.rps, t.burst) })),
-        rateLimits: [{ actions: [{ request_headers: { header_name: "x-user-tier", descriptor_key: "tier" } }] }],
-      }),
+      // Identity from the verified token only, then who may call what (envoy/access.ts).
+      ...edgeAuthFilters(place.pki.jwks),
+      // Per tier and user (or per address when anonymous), shared by every edge.
+      globalRateLimitFilter(),
+      // The backstop for one edge process, should the global limit fail open.
+      localRateLimit("edge_backstop_ratelimit", edgeBackstopRps),
       // After the rate limit (never buffer what is refused); limits come per route.
       { name: bufferFilter, typed_config: { "@type": type("envoy.extensions.filters.http.buffer.v3.Buffer"), max_request_bytes: Math.max(...services.map((s) => s.edgeLimits.maxRequestBytes)) } },
     ],
     place.accessLog("edge"),
+    edgeManagerOptions,
   );
   const edgeManager = {
     ...manager,
@@ -595,11 +620,15 @@ export function renderEdge(target: Target): Obj {
     per_connection_buffer_limit_bytes: 32768,
     filter_chains: [{ filters: [connectionLimit, edgeManager] }],
   };
-  const clusters = services.flatMap((s) =>
-    s.name === "prediction"
-      ? [...s.versions.map((v) => upstreamCluster(`prediction-${v}`, s, [place.ingressOf(s.name, v)], failoverMember)), ...s.versions.map((v) => failoverCluster(s, v))]
-      : [upstreamCluster(s.name, s, s.versions.map((v) => place.ingressOf(s.name, v)))],
-  );
+  const tlsTo = (peer: string) => upstreamTls(place.pki.identity(edgeIdentity).sds, place.pki.trust, peer);
+  const clusters = [
+    ...services.flatMap((s) =>
+      s.name === "prediction"
+        ? [...s.versions.map((v) => upstreamCluster(`prediction-${v}`, s, [place.ingressOf(s.name, v)], tlsTo(s.name), failoverMember)), ...s.versions.map((v) => failoverCluster(s, v))]
+        : [upstreamCluster(s.name, s, s.versions.map((v) => place.ingressOf(s.name, v)), tlsTo(s.name))],
+    ),
+    rateLimitCluster(place.rateLimit.address, place.rateLimit.port, place.rateLimit.type),
+  ];
   return bootstrap(
     "edge",
     place.ports.edgeAdmin,
