@@ -6,9 +6,11 @@ import { createAsyncIterable, encodeEnvelope, type UniversalHandler, type Univer
 import { codeToHttpStatus, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
-import { MalformedRequest } from "./errors.js";
+import { MalformedRequest, asConnectError } from "./errors.js";
 import type { ServiceRegistration } from "./grpc.js";
 import { validationError } from "./validation.js";
+import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import { extractContextFromHeaders, tracer } from "./tracing.js";
 
 /**
  * The codes connect-es gives a request it could not read: "parse binary: ..." is
@@ -97,6 +99,33 @@ async function answerUnreadable(method: DescMethod, req: UniversalServerRequest,
   return { status: codeToHttpStatus(answer.code), header, body: createAsyncIterable([json]) };
 }
 
+/**
+ * The same trace step as the grpc-js path: W3C context from the request headers, a
+ * server span around the handler (so handlers see the trace id), and traceresponse
+ * in the answer, success or error.
+ */
+const traceInterceptor: Interceptor = (next) => async (req) => {
+  const span = tracer().startSpan(
+    `${req.service.typeName}/${req.method.name}`,
+    { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "rpc.service": req.service.typeName, "rpc.method": req.method.name } },
+    extractContextFromHeaders(req.header),
+  );
+  const { traceId, spanId } = span.spanContext();
+  const traceresponse = `00-${traceId}-${spanId}-01`;
+  try {
+    const res = await context.with(trace.setSpan(context.active(), span), () => next(req));
+    res.header.set("traceresponse", traceresponse);
+    return res;
+  } catch (err) {
+    const error = asConnectError(err);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
+    error.metadata.set("traceresponse", traceresponse);
+    throw error;
+  } finally {
+    span.end();
+  }
+};
+
 function answeringUnreadable(handler: UniversalHandler): UniversalHandler {
   const wrapped = async (req: UniversalServerRequest) => {
     const res = await handler(req);
@@ -116,7 +145,7 @@ export function connectRequestHandler(services: ServiceRegistration[]): RequestL
       services.forEach(({ service, impl }) => router.service(service, impl));
       router.handlers.splice(0, router.handlers.length, ...router.handlers.map(answeringUnreadable));
     },
-    interceptors: [validateInterceptor],
+    interceptors: [traceInterceptor, validateInterceptor],
     contextValues: () => createContextValues().set(readKey, { read: false }),
   });
 }

@@ -38,6 +38,11 @@ export function extractContext(metadata: Metadata): Context {
   return propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
 }
 
+/** The W3C trace context of HTTP headers (the Connect and gRPC-web listener). */
+export function extractContextFromHeaders(headers: Headers): Context {
+  return propagation.extract(ROOT_CONTEXT, headers, { keys: (h) => [...h.keys()], get: (h, key) => h.get(key) ?? undefined });
+}
+
 /** Trace id of the active span, or "" when there is none. */
 export function activeTraceId(): string {
   const spanContext = trace.getSpan(context.active())?.spanContext();

@@ -115,10 +115,7 @@ describe("client examples, through the edge", () => {
     expect({ v1: await answers("v1"), v2: await answers("v2") }).toEqual({ v1: before.v1, v2: before.v2 + 1 });
   });
 
-  // Expected to fail until services/kit/connect.ts traces Connect calls as grpc.ts
-  // does (traceparent in, a server span, traceresponse out): today metadata.trace_id
-  // is empty on Connect. When this starts passing, drop `.fails`.
-  it.fails("Connect answers carry the request's trace id", async () => {
+  it("Connect answers carry the request's trace id", async () => {
     const { stdout } = await example("predict-connect.ts", ["--edge", `http://${mesh.edge}`, "--user", "u000009", "--json"]);
     expect((JSON.parse(stdout) as JsonAnswer).metadata.traceId).toMatch(/^[0-9a-f]{32}$/);
   });

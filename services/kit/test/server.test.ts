@@ -150,6 +150,22 @@ describe("service kit, real server on a free port", () => {
     expect(counter(after, "OK")).toBe(counter(before, "OK"));
   });
 
+  it("continues the caller's W3C trace on the Connect listener too, in headers and in errors", async () => {
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const post = (body: unknown) =>
+      fetch(`http://127.0.0.1:${server.connectPort}/recsys.echo.v1.EchoService/Echo`, {
+        method: "POST",
+        headers: { "content-type": "application/json", traceparent: `00-${traceId}-00f067aa0ba902b7-01` },
+        body: JSON.stringify(body),
+      });
+    const ok = await post({ message: "traced" });
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get("traceresponse")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    const invalid = await post({ delayMs: -1 });
+    expect(invalid.status).toBe(400);
+    expect(invalid.headers.get("traceresponse")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+  });
+
   it("serves browsers with Connect (JSON and binary) and gRPC-web on the Connect listener", async () => {
     const baseUrl = `http://127.0.0.1:${server.connectPort}`;
     const json = await fetch(`${baseUrl}/recsys.echo.v1.EchoService/Echo`, {
