@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { DescService } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
+import { seededRandom } from "../../../test/support/random.js";
 import { Code, ConnectError, baseConfigShape, createServiceClient, implement, loadConfig, startServer, type RunningServer } from "../../kit/index.js";
 
 /** What the proxy does to calls of one method, or of every method ("*"). */
@@ -30,18 +31,6 @@ export interface FaultProxy {
   stop(): Promise<void>;
 }
 
-/** mulberry32: a small seeded generator, so a failure pattern is the same on every run. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * A gRPC fault injector in front of a real service: every unary method is
  * forwarded to `target` unless a fault is set for it. Tests put it between the
@@ -52,7 +41,7 @@ export async function startFaultProxy(service: DescService, target: string): Pro
   const calls: Record<string, number> = {};
   const failed: Record<string, number> = {};
   let faults: Record<string, Fault> = {};
-  let random = seeded(1);
+  let random = seededRandom(1);
   let held: (() => void)[] = [];
   let heldWaiters: { n: number; resolve: () => void }[] = [];
   const onHeldChange = () => {
@@ -94,7 +83,7 @@ export async function startFaultProxy(service: DescService, target: string): Pro
     failed,
     inject: (next) => {
       faults = next;
-      random = seeded(1);
+      random = seededRandom(1);
     },
     whenHeld: (n) =>
       new Promise<void>((resolve) => {
