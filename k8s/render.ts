@@ -4,13 +4,16 @@
 //   npx tsx k8s/render.ts          write k8s/base/
 //   npx tsx k8s/render.ts --check  exit 1 when a committed file is stale
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
+import { edgeIdentity } from "../envoy/security.js";
 import { instances, podPorts, services, type ServiceSpec } from "../envoy/topology.js";
+import { pkiLayout } from "../scripts/pki.js";
+import { renderRateLimitConfig } from "../scripts/ratelimit.js";
 import { renderAll } from "../scripts/render-envoy.js";
 import { ROOT } from "../scripts/tools.js";
-import { edge, jobs, sidecarResources, workloads, type BatchJob, type Resources, type Workload } from "./workloads.js";
+import { edge, jobs, rateLimit, sidecarResources, workloads, type BatchJob, type Resources, type Workload } from "./workloads.js";
 
 type Obj = Record<string, unknown>;
 
@@ -25,8 +28,52 @@ export const REDIS_CLIENT_LABEL = "recsys-mesh/redis-client";
 const REDIS_PORT = 6379;
 const APP_UID = 1000;
 const ENVOY_UID = 101;
-/** Secrets the overlays provide (dev generates them; prod creates them out of band). */
-export const SECRETS = { admin: { name: "recsys-admin", key: "token" }, redis: { name: "recsys-redis", key: "url" } };
+/** `nobody`: envoyproxy/ratelimit needs no identity of its own. */
+const RATELIMIT_UID = 65534;
+/**
+ * Secrets the overlays provide (dev generates them; prod creates them out of band):
+ * Redis's URL for the apps, and its host:port (and password, if any) in the form
+ * envoyproxy/ratelimit reads.
+ */
+export const SECRETS = {
+  redis: { name: "recsys-redis", key: "url" },
+  rateLimitRedis: { name: "recsys-redis", key: "address" },
+  rateLimitRedisPassword: { name: "recsys-redis", key: "password" },
+};
+
+/**
+ * Certificates, CA and JWKS in every pod at scripts/pki.ts's layout under this root
+ * (the rendered Envoy configs read them there), one Secret each, from
+ * `npx tsx k8s/pki-secrets.ts` (k8s/README.md). Envoy watches each mounted directory,
+ * so a Secret updated in place is picked up without a restart.
+ */
+export const PKI_ROOT = "/etc/recsys/pki";
+const pki = pkiLayout(PKI_ROOT);
+export interface PkiSecret {
+  name: string;
+  /** The one key: the file name the configs read. */
+  key: string;
+  /** Where it is mounted (a directory Envoy or the app watches). */
+  mountPath: string;
+}
+export const pkiSecrets = {
+  identity: (name: string): PkiSecret => ({ name: `recsys-pki-${name}`, key: basename(pki.identity(name).sds.path), mountPath: pki.identity(name).sds.directory }),
+  trust: { name: "recsys-pki-trust", key: basename(pki.trust.path), mountPath: pki.trust.directory } as PkiSecret,
+  jwks: { name: "recsys-jwks", key: basename(pki.jwks), mountPath: dirname(pki.jwks) } as PkiSecret,
+};
+/** The JWKS the apps check admin tokens against, as the edge does. */
+const JWKS_PATH = pki.jwks;
+
+const pkiVolume = (volume: string, secret: PkiSecret): Obj => ({ name: volume, secret: { secretName: secret.name, items: [{ key: secret.key, path: secret.key }] } });
+const pkiMount = (volume: string, secret: PkiSecret): Obj => ({ name: volume, mountPath: secret.mountPath, readOnly: true });
+/** An Envoy's certificate and the CA: volumes for the pod, mounts for the Envoy container only (the app never reads the key). */
+function envoyPki(identity: string): { volumes: Obj[]; mounts: Obj[] } {
+  const own = pkiSecrets.identity(identity);
+  return {
+    volumes: [pkiVolume("pki-identity", own), pkiVolume("pki-trust", pkiSecrets.trust)],
+    mounts: [pkiMount("pki-identity", own), pkiMount("pki-trust", pkiSecrets.trust)],
+  };
+}
 
 const HEADER = "# Rendered by k8s/render.ts from envoy/topology.ts and k8s/workloads.ts. Do not edit.\n";
 const BASE = join(ROOT, "k8s", "base");
@@ -98,7 +145,7 @@ function sidecar(spec: ServiceSpec, version: string, withIngress: boolean): Obj 
     ...envoyProbes(),
     resources: sidecarResources,
     securityContext: containerSecurity(ENVOY_UID),
-    volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }],
+    volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }, ...envoyPki(spec.name).mounts],
   };
 }
 
@@ -127,13 +174,14 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
       ...(spec.versions.length > 1 ? { SERVICE_VERSION: version } : {}),
       ...upstreamEnv(spec, version, spec.upstreams),
       ...work.dataDirs,
+      // Admin calls carry the edge's verified JWT; the app checks it against the same keys.
+      JWKS_PATH,
     }),
-    secretEnv("ADMIN_TOKEN", SECRETS.admin),
     ...(work.redis ? [secretEnv("REDIS_URL", SECRETS.redis)] : []),
   ];
 }
 
-/** A job step's env: the service's settings it needs, no listeners, no admin token. */
+/** A job step's env: the service's settings it needs, no listeners, no admin credentials. */
 function jobEnv(spec: ServiceSpec, job: BatchJob, work: Workload): Obj[] {
   return [
     ...plainEnv({ LOG_LEVEL: "info", ...(spec.versions.length > 1 ? { SERVICE_VERSION: job.version } : {}), ...upstreamEnv(spec, job.version, job.upstreams) }),
@@ -178,7 +226,7 @@ function appContainer(spec: ServiceSpec, version: string, work: Workload, mounts
     lifecycle: { preStop: { sleep: { seconds: 5 } } },
     resources: work.resources,
     securityContext: containerSecurity(APP_UID),
-    volumeMounts: mounts,
+    volumeMounts: [...mounts, pkiMount("jwks", pkiSecrets.jwks)],
   };
 }
 
@@ -186,8 +234,8 @@ function serviceAccount(name: string, app: string): Obj {
   return { apiVersion: "v1", kind: "ServiceAccount", metadata: { name, labels: { app } }, automountServiceAccountToken: false };
 }
 
-/** Scales on the serving container's CPU and on requests per second per pod (`rpsMetric`). */
-function hpa(name: string, app: string, version: string, scaling: Workload["autoscaling"], container: string, rpsMetric: string): Obj {
+/** Scales on the serving container's CPU and, given `rpsMetric`, on requests per second per pod. */
+function hpa(name: string, app: string, version: string, scaling: Omit<Workload["autoscaling"], "rpsPerPod"> & { rpsPerPod?: number }, container: string, rpsMetric?: string): Obj {
   return {
     apiVersion: "autoscaling/v2",
     kind: "HorizontalPodAutoscaler",
@@ -200,7 +248,7 @@ function hpa(name: string, app: string, version: string, scaling: Workload["auto
         // Not the pod's CPU: the sidecar's share would blur what saturates first.
         { type: "ContainerResource", containerResource: { name: "cpu", container, target: { type: "Utilization", averageUtilization: scaling.cpuPercent } } },
         // Served by prometheus-adapter (observability/prometheus-adapter.yaml).
-        { type: "Pods", pods: { metric: { name: rpsMetric }, target: { type: "AverageValue", averageValue: String(scaling.rpsPerPod) } } },
+        ...(rpsMetric ? [{ type: "Pods", pods: { metric: { name: rpsMetric }, target: { type: "AverageValue", averageValue: String(scaling.rpsPerPod) } } }] : []),
       ],
     },
   };
@@ -245,7 +293,7 @@ function renderInstance(spec: ServiceSpec, version: string, id: string): Obj[] {
           topologySpreadConstraints: spread(spec.name, version),
           initContainers: [sidecar(spec, version, true)],
           containers: [appContainer(spec, version, work, writable.mounts)],
-          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap(id) } }, ...writable.volumes],
+          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap(id) } }, ...envoyPki(spec.name).volumes, pkiVolume("jwks", pkiSecrets.jwks), ...writable.volumes],
         },
       },
     },
@@ -305,10 +353,10 @@ function renderEdge(): Obj[] {
               lifecycle: { preStop: { sleep: { seconds: 10 } } },
               resources: edge.resources,
               securityContext: containerSecurity(ENVOY_UID),
-              volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }],
+              volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }, ...envoyPki(edgeIdentity).mounts, pkiMount("jwks", pkiSecrets.jwks)],
             },
           ],
-          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap("edge") } }],
+          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap("edge") } }, ...envoyPki(edgeIdentity).volumes, pkiVolume("jwks", pkiSecrets.jwks)],
         },
       },
     },
@@ -320,6 +368,90 @@ function renderEdge(): Obj[] {
     spec: { selector: labels(app, version), ports: [{ name: "grpc", port: podPorts.edge, targetPort: "grpc", appProtocol: "grpc" }] },
   };
   return [serviceAccount(app, app), service, deployment, hpa(app, app, version, edge.autoscaling, "envoy", "envoy_http_downstream_rq_per_second"), pdb(app, app, version)];
+}
+
+const RATELIMIT_HTTP_PORT = 8080;
+const RATELIMIT_CONFIG_DIR = "/data/ratelimit/config";
+const rateLimitConfigFile = "ratelimit/recsys-edge.yaml";
+
+/**
+ * envoyproxy/ratelimit behind every edge: limits from scripts/ratelimit.ts (a
+ * ConfigMap), counters in the mesh's Redis. A headless Service, so each edge's
+ * Envoy (STRICT_DNS) balances over the pods itself.
+ */
+function renderRateLimit(): Obj[] {
+  const app = "ratelimit";
+  const version = "v1";
+  const env = plainEnv({
+    GRPC_PORT: String(podPorts.rateLimitGrpc),
+    PORT: String(RATELIMIT_HTTP_PORT),
+    // Its debug endpoints (config dump, pprof) stay inside the pod.
+    DEBUG_HOST: "127.0.0.1",
+    USE_STATSD: "false",
+    LOG_LEVEL: "warn",
+    LOG_FORMAT: "json",
+    BACKEND_TYPE: "redis",
+    REDIS_SOCKET_TYPE: "tcp",
+    REDIS_TYPE: "SINGLE",
+    CACHE_KEY_PREFIX: "ratelimit:",
+    RUNTIME_ROOT: dirname(dirname(RATELIMIT_CONFIG_DIR)),
+    RUNTIME_SUBDIRECTORY: basename(dirname(RATELIMIT_CONFIG_DIR)),
+    RUNTIME_APPDIRECTORY: basename(RATELIMIT_CONFIG_DIR),
+    // A ConfigMap volume swaps a symlink on update: watch the subdirectory, not the root.
+    RUNTIME_WATCH_ROOT: "false",
+  });
+  const health = { httpGet: { path: "/healthcheck", port: RATELIMIT_HTTP_PORT } };
+  const deployment = {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name: app, labels: labels(app, version) },
+    spec: {
+      selector: { matchLabels: labels(app, version) },
+      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: "25%" } },
+      template: {
+        metadata: { labels: { ...labels(app, version), [REDIS_CLIENT_LABEL]: "true" } },
+        spec: {
+          serviceAccountName: app,
+          automountServiceAccountToken: false,
+          securityContext: podSecurity,
+          terminationGracePeriodSeconds: 30,
+          topologySpreadConstraints: spread(app, version),
+          containers: [
+            {
+              name: "ratelimit",
+              image: rateLimit.image,
+              command: ["/bin/ratelimit"],
+              env: [
+                ...env,
+                secretEnv("REDIS_URL", SECRETS.rateLimitRedis),
+                { name: "REDIS_AUTH", valueFrom: { secretKeyRef: { ...SECRETS.rateLimitRedisPassword, optional: true } } },
+              ],
+              ports: [
+                { name: "grpc", containerPort: podPorts.rateLimitGrpc },
+                { name: "http-health", containerPort: RATELIMIT_HTTP_PORT },
+              ],
+              startupProbe: { ...health, periodSeconds: 1, failureThreshold: 60 },
+              readinessProbe: { ...health, periodSeconds: 5, failureThreshold: 2 },
+              livenessProbe: { ...health, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3 },
+              // Out of the edges' DNS answers before it stops.
+              lifecycle: { preStop: { sleep: { seconds: 5 } } },
+              resources: rateLimit.resources,
+              securityContext: containerSecurity(RATELIMIT_UID),
+              volumeMounts: [{ name: "config", mountPath: RATELIMIT_CONFIG_DIR, readOnly: true }],
+            },
+          ],
+          volumes: [{ name: "config", configMap: { name: "ratelimit-config" } }],
+        },
+      },
+    },
+  };
+  const service = {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { name: app, labels: labels(app, version) },
+    spec: { clusterIP: "None", selector: labels(app, version), ports: [{ name: "grpc", port: podPorts.rateLimitGrpc, targetPort: "grpc", appProtocol: "grpc" }] },
+  };
+  return [serviceAccount(app, app), service, deployment, hpa(app, app, version, rateLimit.autoscaling, "ratelimit"), pdb(app, app, version)];
 }
 
 function renderJob(job: BatchJob): Obj[] {
@@ -346,7 +478,10 @@ function renderJob(job: BatchJob): Obj[] {
     // Steps run in order as init containers, the last as the job's container.
     initContainers: [...(withSidecar ? [sidecar(spec, job.version, false)] : []), ...steps.slice(0, -1)],
     containers: steps.slice(-1),
-    volumes: [...(withSidecar ? [{ name: "envoy-config", configMap: { name: envoyConfigMap(instanceId(spec, job.version)) } }] : []), { name: "tmp", emptyDir: {} }],
+    volumes: [
+      ...(withSidecar ? [{ name: "envoy-config", configMap: { name: envoyConfigMap(instanceId(spec, job.version)) } }, ...envoyPki(spec.name).volumes] : []),
+      { name: "tmp", emptyDir: {} },
+    ],
   };
   const template = { metadata: { labels: { ...jobLabels, ...(work.redis ? { [REDIS_CLIENT_LABEL]: "true" } : {}) } }, spec: podSpec };
   const jobSpec = { backoffLimit: 2, activeDeadlineSeconds: 3600, template };
@@ -386,8 +521,10 @@ function renderNetworkPolicies(): Obj[] {
     // Redis lives in the cluster (dev) or outside it (prod), so the port is the rule.
     policy("redis-client-egress", { matchLabels: { [REDIS_CLIENT_LABEL]: "true" } }, { egress: [{ ports: tcp(REDIS_PORT) }] }),
     policy("edge-ingress", { matchLabels: { app: "edge" } }, { ingress: [{ ports: tcp(podPorts.edge) }, { from: [fromMonitoring], ports: tcp(ENVOY_STATS_PORT) }] }),
-    // The edge routes every service's API (scripts/render-envoy.ts).
+    // The edge routes every service's API (scripts/render-envoy.ts), and asks the rate limit service.
     egressTo("edge", services.map((s) => s.name)),
+    policy("edge-ratelimit-egress", { matchLabels: { app: "edge" } }, { egress: [{ to: [fromApps(["ratelimit"])], ports: tcp(podPorts.rateLimitGrpc) }] }),
+    policy("ratelimit-ingress", { matchLabels: { app: "ratelimit" } }, { ingress: [{ from: [fromApps(["edge"])], ports: tcp(podPorts.rateLimitGrpc) }] }),
     ...services.map((s) =>
       policy(`${s.name}-ingress`, { matchLabels: { app: s.name } }, {
         ingress: [
@@ -463,6 +600,9 @@ export function renderBase(): Map<string, string> {
     generators.push({ name: `envoy-pod-listener-${role}`, files: [`listener.yaml=envoy/pod-listener-${role}.yaml`] });
   }
   out.set("edge.yaml", yamlDocs(renderEdge()));
+  out.set("ratelimit.yaml", yamlDocs(renderRateLimit()));
+  out.set(rateLimitConfigFile, renderRateLimitConfig());
+  generators.push({ name: "ratelimit-config", files: [`${basename(rateLimitConfigFile)}=${rateLimitConfigFile}`] });
   out.set("jobs.yaml", yamlDocs(jobs.flatMap(renderJob)));
   out.set("network-policies.yaml", yamlDocs(renderNetworkPolicies()));
   out.set(
@@ -476,7 +616,7 @@ export function renderBase(): Map<string, string> {
       },
     ]),
   );
-  const resources = ["namespace.yaml", ...instances.map(({ id }) => `${id}.yaml`), "edge.yaml", "jobs.yaml", "network-policies.yaml"];
+  const resources = ["namespace.yaml", ...instances.map(({ id }) => `${id}.yaml`), "edge.yaml", "ratelimit.yaml", "jobs.yaml", "network-policies.yaml"];
   out.set(
     "kustomization.yaml",
     yamlDocs([

@@ -70,6 +70,17 @@ export const edge = {
 };
 
 /**
+ * envoyproxy/ratelimit, the edges' global rate limit: one Redis round trip per call,
+ * so small, and scaled on CPU only (it exports no per-pod request rate here).
+ */
+export const rateLimit = {
+  /** The commit scripts/setup.mjs builds for the tests, as published on Docker Hub. */
+  image: "envoyproxy/ratelimit:3fb70258",
+  resources: { requests: { cpu: "100m", memory: "64Mi" }, limits: { cpu: "1", memory: "256Mi" } } satisfies Resources,
+  autoscaling: { minReplicas: 2, maxReplicas: 6, cpuPercent: 70 },
+};
+
+/**
  * Batch jobs (k8s/base/jobs.yaml). Each runs a script of a service's image; `upstreams`
  * are called through an Envoy sidecar with that service's config, as the service does.
  */

@@ -5,10 +5,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { parse, parseAllDocuments } from "yaml";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { edgeIdentity, meshIdentities } from "../envoy/security.js";
 import { instances, podPorts, services } from "../envoy/topology.js";
-import { ENVOY_IMAGE, ENVOY_STATS_PORT, MONITORING_NAMESPACE, NAMESPACE, REDIS_CLIENT_LABEL, SECRETS, staleBaseFiles } from "../k8s/render.js";
+import { renderPkiSecrets } from "../k8s/pki-secrets.js";
+import { ENVOY_IMAGE, ENVOY_STATS_PORT, MONITORING_NAMESPACE, NAMESPACE, PKI_ROOT, REDIS_CLIENT_LABEL, SECRETS, pkiSecrets, staleBaseFiles } from "../k8s/render.js";
 import { jobs } from "../k8s/workloads.js";
+import { ensurePki } from "../scripts/pki.js";
+import { renderRateLimitConfig } from "../scripts/ratelimit.js";
 import { runCommand } from "../scripts/processes.js";
 import { ROOT, TOOLS_BIN, tool } from "../scripts/tools.js";
 import { baseConfigShape, loadConfig } from "../services/kit/index.js";
@@ -16,6 +20,7 @@ import { experimentConfigShape } from "../services/experiment/config.js";
 import { featureConfigShape } from "../services/feature/config.js";
 import { predictionConfigShape } from "../services/prediction/config.js";
 import { retrievalConfigShape } from "../services/retrieval/config.js";
+import { writeWithPki } from "./support/rendered-pki.js";
 
 const configShapes: Record<string, Record<string, unknown>> = {
   prediction: predictionConfigShape,
@@ -56,6 +61,9 @@ const built = Object.fromEntries(
 ) as Record<(typeof overlays)[number], { text: string; objects: K8sObject[] }>;
 
 const work = mkdtempSync(join(tmpdir(), "k8s-test-"));
+// Envoy opens the certificate, CA and JWKS files a config names, even to validate it.
+const pkiDir = join(work, "pki");
+beforeAll(() => ensurePki({ dir: pkiDir }), 60_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 const instanceId = (name: string, version: string) => instances.find((i) => i.service.name === name && i.version === version)!.id;
@@ -140,8 +148,8 @@ describe.each(overlays)("overlay %s", (overlay) => {
     expect(named("Namespace", NAMESPACE).metadata.labels).toMatchObject({ "pod-security.kubernetes.io/enforce": "restricted" });
   });
 
-  it("runs a Deployment and a headless Service per topology instance, and the edge", () => {
-    expect(deployments.map((d) => d.metadata.name).sort()).toEqual([...instances.map((i) => i.id), "edge"].sort());
+  it("runs a Deployment and a headless Service per topology instance, the edge, and the rate limit service", () => {
+    expect(deployments.map((d) => d.metadata.name).sort()).toEqual([...instances.map((i) => i.id), "edge", "ratelimit"].sort());
     for (const { service, version, id } of instances) {
       const svc = named("Service", id);
       expect(svc.spec!.clusterIP, id).toBe("None");
@@ -273,8 +281,10 @@ describe.each(overlays)("overlay %s", (overlay) => {
       const cpu = metrics.find((m) => m.type === "ContainerResource")?.containerResource;
       expect(cpu?.name, name).toBe("cpu");
       expect(containers(d.spec!.template.spec).map((c) => c.name)).toContain(cpu.container);
+      // Each serving Deployment also scales on its request rate (ratelimit exports none here).
       const perPod = metrics.find((m) => m.type === "Pods")?.pods;
-      expect(served, name).toContain(perPod?.metric.name);
+      if (name === "ratelimit") expect(perPod, name).toBeUndefined();
+      else expect(served, name).toContain(perPod?.metric.name);
       // The Deployment leaves the replica count to the autoscaler.
       expect(d.spec!.replicas, name).toBeUndefined();
       const budgets = ofKind("PodDisruptionBudget").filter((p) => matches(p.spec!.selector, d.spec!.template.metadata.labels));
@@ -325,6 +335,59 @@ describe.each(overlays)("overlay %s", (overlay) => {
     }
     expect(allowed(podOf("materialize"), redis, 6379)).toBe(true);
     expect(allowed(podOf("edge"), redis, 6379)).toBe(false);
+    // The global rate limit: only the edge asks it; it reaches Redis.
+    expect(allowed(podOf("edge"), podOf("ratelimit"), podPorts.rateLimitGrpc)).toBe(true);
+    for (const { id, pod } of pods) expect(allowed(pod, podOf("ratelimit"), podPorts.rateLimitGrpc), `${id} -> ratelimit`).toBe(false);
+    expect(allowed(stranger, podOf("ratelimit"), podPorts.rateLimitGrpc)).toBe(false);
+    expect(allowed(podOf("ratelimit"), redis, 6379)).toBe(true);
+  });
+
+  it("mounts each Envoy's own certificate and the CA where its config reads them, the JWKS where the edge and the apps read it, and the key nowhere else", () => {
+    const envoyPods = [...instances.map((i) => ({ name: i.id, identity: i.service.name })), { name: "edge", identity: edgeIdentity }];
+    const jobPods = jobs.filter((j) => j.upstreams.length > 0).map((j) => ({ name: j.name, identity: j.service, config: instanceId(j.service, j.version) }));
+    for (const { name, identity, config } of [...envoyPods.map((p) => ({ ...p, config: p.name })), ...jobPods]) {
+      const template = podTemplates.find((t) => t.name === name)!;
+      const envoyText = envoyFile(config);
+      const envoy = containers(template.pod).find((c) => c.name === "envoy")!;
+      // The file each mounted Secret provides, at the path the pod sees it.
+      const files = (c: Obj) =>
+        (c.volumeMounts ?? []).flatMap((m: Obj) => {
+          const secret = template.pod.volumes.find((v: Obj) => v.name === m.name)?.secret;
+          return secret ? secret.items.map((item: Obj) => ({ secret: secret.secretName as string, path: `${m.mountPath}/${item.path}` })) : [];
+        });
+      const own = pkiSecrets.identity(identity);
+      const sdsPaths = [...envoyText.matchAll(/^\s+path: (\S+\.yaml)$/gm)].map((m) => m[1]!);
+      expect(sdsPaths.length, name).toBeGreaterThan(0);
+      for (const path of sdsPaths) {
+        expect(path.startsWith(`${PKI_ROOT}/`), `${name}: ${path}`).toBe(true);
+        expect(files(envoy).map((f: Obj) => f.path), `${name} mounts ${path}`).toContain(path);
+      }
+      expect(files(envoy).find((f: Obj) => f.secret === own.name)?.path, name).toBe(`${own.mountPath}/${own.key}`);
+      const jwks = /filename: (\S+jwks\.json)$/m.exec(envoyText)?.[1];
+      if (jwks) expect(files(envoy).map((f: Obj) => f.path), name).toContain(jwks);
+      const app = template.pod.containers.find((c: Obj) => c.name === "app");
+      if (app && template.kind === "Deployment") {
+        const jwksPath = app.env.find((e: Obj) => e.name === "JWKS_PATH")?.value;
+        expect(files(app).map((f: Obj) => f.path), name).toEqual([jwksPath]);
+      }
+      for (const step of containers(template.pod).filter((c) => c.name !== "envoy" && c.name !== "app")) expect(files(step), `${name} ${step.name}`).toEqual([]);
+    }
+    // No admin secret anywhere: admin calls carry a verified JWT.
+    expect(text).not.toMatch(/ADMIN_TOKEN/);
+  });
+
+  it("runs the rate limit service on the limits scripts/ratelimit.ts renders, reading them where it looks", () => {
+    const pod = named("Deployment", "ratelimit").spec!.template.spec;
+    const container = pod.containers[0];
+    const env = Object.fromEntries(container.env.map((e: Obj) => [e.name, e.value ?? e.valueFrom]));
+    const mount = container.volumeMounts.find((m: Obj) => m.name === "config");
+    expect(`${env.RUNTIME_ROOT}/${env.RUNTIME_SUBDIRECTORY}/${env.RUNTIME_APPDIRECTORY}`).toBe(mount.mountPath);
+    const configMap = named("ConfigMap", pod.volumes.find((v: Obj) => v.name === "config").configMap.name);
+    expect(Object.values(configMap.data!)).toEqual([renderRateLimitConfig()]);
+    expect(Number(env.GRPC_PORT)).toBe(podPorts.rateLimitGrpc);
+    expect(container.ports.find((p: Obj) => p.name === "grpc").containerPort).toBe(podPorts.rateLimitGrpc);
+    expect(env.DEBUG_HOST).toBe("127.0.0.1");
+    expect(named("Service", "ratelimit").spec!.clusterIP).toBe("None");
   });
 
   it("runs the batch jobs with scripts and inputs that exist, through the sidecar when they call upstreams", () => {
@@ -364,9 +427,32 @@ describe("Envoy with the pod listener merged in (--config-yaml)", () => {
     expect(merged.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address).toEqual({ address: "127.0.0.1", port_value: admin });
     const routes = merged.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes;
     expect(routes.map((r: Obj) => r.match)).toEqual([{ path: "/stats/prometheus" }, { path: "/ready" }]);
-    const config = join(ROOT, "envoy", "k8s", id === "edge" ? "edge.yaml" : `sidecar-${id}.yaml`);
-    const { code, stdout, stderr } = await runCommand(tool("envoy"), ["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c", config, "--config-yaml", listener]);
+    const config = writeWithPki(work, `envoy-${id}.yaml`, envoyFile(id), pkiDir);
+    const { code, stdout, stderr } = await runCommand(tool("envoy"), ["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c", config, "--config-yaml", listener], 60_000);
     expect(stdout + stderr).toContain("OK");
+    expect(code).toBe(0);
+  });
+});
+
+describe("PKI Secrets (k8s/pki-secrets.ts)", () => {
+  it("holds every Secret the manifests mount, under the key they read, and validates strictly", async () => {
+    const secrets = renderPkiSecrets(pkiDir) as unknown as K8sObject[];
+    expect(secrets.map((s) => s.metadata.name).sort()).toEqual([...meshIdentities().map((n) => pkiSecrets.identity(n).name), pkiSecrets.trust.name, pkiSecrets.jwks.name].sort());
+    for (const overlay of overlays) {
+      for (const o of built[overlay].objects) {
+        const pod = o.kind === "CronJob" ? o.spec?.jobTemplate.spec.template.spec : o.spec?.template?.spec;
+        for (const volume of pod?.volumes ?? []) {
+          if (!volume.secret) continue;
+          const secret = secrets.find((s) => s.metadata.name === volume.secret.secretName);
+          expect(secret, `${o.kind}/${o.metadata.name} volume ${volume.name}`).toBeDefined();
+          for (const item of volume.secret.items) expect(Object.keys(secret!.data!), volume.secret.secretName).toContain(item.key);
+        }
+      }
+    }
+    const file = join(work, "pki-secrets.yaml");
+    writeFileSync(file, secrets.map((s) => JSON.stringify(s)).join("\n---\n"));
+    const { code, stdout, stderr } = await runCommand(validator, ["--strict", "-k", KUBERNETES_VERSION, file], 60_000);
+    expect(stdout + stderr).not.toMatch(/ERROR|WARN/);
     expect(code).toBe(0);
   });
 });
