@@ -15,7 +15,7 @@ import { ConnectError, Code } from "@connectrpc/connect";
 import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { ghz } from "../bench/harness.js";
-import { startMesh, waitEdgeHealthy, waitRedis, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
+import { startMesh, waitEdgeHealthy, waitEnvoyReady, waitRedis, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
 import { ROOT } from "./tools.js";
 
 /** A process to kill, how to tell it serves again, and the best answer the rest of the mesh can still give. */
@@ -98,11 +98,12 @@ function pidOf(mesh: Mesh, fault: Fault): number {
   return pid;
 }
 
-/** Resolves once the killed process serves again: the app's health, the sidecar's health through it, Redis's PING. */
+/** Resolves once the killed process serves again: the app's health, the sidecar's /ready, Redis's PING. */
 async function serving(mesh: Mesh, fault: Fault, timeoutMs: number): Promise<void> {
   if (fault.kind === "redis") return waitRedis(mesh.redisUrl, timeoutMs);
   const i = instance(mesh, fault.instance!);
-  await waitServing(`127.0.0.1:${fault.kind === "app" ? i.appPort : i.ingressPort}`, "", timeoutMs);
+  if (fault.kind === "app") return waitServing(`127.0.0.1:${i.appPort}`, "", timeoutMs);
+  return waitEnvoyReady(`http://127.0.0.1:${i.sidecarAdminPort}`, timeoutMs);
 }
 
 /** Predict answers by rung, summed over the prediction instances; a restarted instance's counters start again from 0. */
@@ -205,7 +206,7 @@ function primaryRunStart(after: Sample[], killedMs: number): number | null {
 export async function waitWhole(mesh: Mesh, timeoutMs = 60_000): Promise<void> {
   for (const i of mesh.instances) {
     await waitServing(`127.0.0.1:${i.appPort}`, "", timeoutMs);
-    await waitServing(`127.0.0.1:${i.ingressPort}`, "", timeoutMs);
+    await waitEnvoyReady(`http://127.0.0.1:${i.sidecarAdminPort}`, timeoutMs);
   }
   await waitEdgeHealthy(mesh.edgeAdmin, mesh.instances, timeoutMs);
 }

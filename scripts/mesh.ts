@@ -9,6 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
+import { ensurePki } from "./pki.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -132,7 +133,19 @@ export async function waitServing(address: string, service: string, timeoutMs: n
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error(`${service} at ${address} not SERVING after ${timeoutMs} ms (last: ${last})`);
+  throw new Error(`${service || "gRPC health"} at ${address} not SERVING after ${timeoutMs} ms (last: ${last})`);
+}
+
+/** Waits until an Envoy's admin /ready says LIVE (listeners bound, clusters initialised). */
+export async function waitEnvoyReady(adminUrl: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < deadline) {
+    last = await fetch(`${adminUrl}/ready`, { signal: AbortSignal.timeout(1000) }).then((r) => `${r.status} ${r.statusText}`, (err: Error) => err.message);
+    if (last.startsWith("200")) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`Envoy at ${adminUrl} not ready after ${timeoutMs} ms (last: ${last})`);
 }
 
 /** Waits until the edge's active health checks see every running instance healthy. */
@@ -283,6 +296,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
     redisUrl = `redis://127.0.0.1:${redisPort}`;
   }
 
+  // The Envoys' certificates and the edge's JWT key (.run/pki, where the rendered configs look).
+  await ensurePki();
   // Envoy worker threads (default: one per core); SIDECAR_THREADS / EDGE_THREADS tune it.
   const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
@@ -365,9 +380,9 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       await Promise.all(
         running.map(async (i) => {
           const logOf = () => `; its log (${app(i.id).spec.logFile}) ends:\n${indent(app(i.id).cause())}`;
-          await waitServing(`127.0.0.1:${i.appPort}`, "", timeout).catch((err: Error) => Promise.reject(new Error(`${err.message}${logOf()}`)));
-          // Through the sidecar too: the mesh path is what callers use.
-          await waitServing(`127.0.0.1:${i.ingressPort}`, "", timeout);
+          await waitServing(`127.0.0.1:${i.appPort}`, "", timeout).catch((err: Error) => Promise.reject(new Error(`${i.id} app: ${err.message}${logOf()}`)));
+          // The sidecar's ingress takes mTLS only; the edge's health checks below go through it.
+          await waitEnvoyReady(`http://127.0.0.1:${i.sidecarAdminPort}`, timeout);
         }),
       );
       await waitEdgeHealthy(mesh.edgeAdmin, running, timeout);

@@ -1,5 +1,5 @@
 // `npm start` failing to start: it says why, by name, and leaves nothing running.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { once } from "node:events";
 import { tmpdir } from "node:os";
@@ -40,6 +40,16 @@ describe("npm start", () => {
     expect(await run.exited).toBe(1);
     expect(run.output()).toMatch(/npm start failed: .* exited during start-up \(exit code 1, signal none\); its log \(.*\) says:/);
     expect(run.output()).toContain('ADMIN_TOKEN="short": Too small: expected string to have >=8 characters');
+    expect(await nothingListening()).toEqual([]);
+  });
+
+  it("refuses a run dir a live mesh holds, since two Redis servers on one AOF corrupt it", async () => {
+    const held = join(runDir, "held");
+    mkdirSync(held, { recursive: true });
+    writeFileSync(join(held, "mesh.pid"), String(process.pid));
+    const run = await start({ RECSYS_RUN_DIR: held });
+    expect(await run.exited).toBe(1);
+    expect(run.output()).toContain(`another mesh (pid ${process.pid}) is running from ${held}`);
     expect(await nothingListening()).toEqual([]);
   });
 });
