@@ -270,34 +270,44 @@ function spread(app: string, version: string): Obj[] {
   return [{ maxSkew: 1, topologyKey: "kubernetes.io/hostname", whenUnsatisfiable: "ScheduleAnyway", labelSelector: { matchLabels: labels(app, version) } }];
 }
 
+/**
+ * A Deployment of one app version: rolled with no pod down, spread over nodes, its
+ * own service account without a token; `pod` is its pod spec's own part.
+ */
+function deploymentOf(name: string, app: string, version: string, template: { labels?: Record<string, string>; annotations?: Record<string, string> }, pod: Obj): Obj {
+  return {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name, labels: labels(app, version) },
+    spec: {
+      selector: { matchLabels: labels(app, version) },
+      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: "25%" } },
+      template: {
+        metadata: { labels: template.labels ?? labels(app, version), ...(template.annotations ? { annotations: template.annotations } : {}) },
+        spec: {
+          serviceAccountName: app,
+          automountServiceAccountToken: false,
+          securityContext: podSecurity,
+          // Enough for a preStop sleep (5 s, the edge 10 s), the app's drain (SHUTDOWN_GRACE_MS, 10 s) and the sidecar's exit.
+          terminationGracePeriodSeconds: 30,
+          topologySpreadConstraints: spread(app, version),
+          ...pod,
+        },
+      },
+    },
+  };
+}
+
 /** ServiceAccount, headless Service, Deployment, autoscaler and disruption budget of one instance. */
 function renderInstance(spec: ServiceSpec, version: string, id: string): Obj[] {
   const work = workload(spec.name);
   const podLabels = { ...labels(spec.name, version), ...(work.redis ? { [REDIS_CLIENT_LABEL]: "true" } : {}) };
   const writable = writableVolumes(work);
-  const deployment = {
-    apiVersion: "apps/v1",
-    kind: "Deployment",
-    metadata: { name: id, labels: labels(spec.name, version) },
-    spec: {
-      selector: { matchLabels: labels(spec.name, version) },
-      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: "25%" } },
-      template: {
-        metadata: { labels: podLabels, annotations: prometheusAnnotations(podPorts.appMetrics(spec.name, version)) },
-        spec: {
-          serviceAccountName: spec.name,
-          automountServiceAccountToken: false,
-          securityContext: podSecurity,
-          // preStop 5 s + SHUTDOWN_GRACE_MS (10 s) + the sidecar's exit.
-          terminationGracePeriodSeconds: 30,
-          topologySpreadConstraints: spread(spec.name, version),
-          initContainers: [sidecar(spec, version, true)],
-          containers: [appContainer(spec, version, work, writable.mounts)],
-          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap(id) } }, ...envoyPki(spec.name).volumes, pkiVolume("jwks", pkiSecrets.jwks), ...writable.volumes],
-        },
-      },
-    },
-  };
+  const deployment = deploymentOf(id, spec.name, version, { labels: podLabels, annotations: prometheusAnnotations(podPorts.appMetrics(spec.name, version)) }, {
+    initContainers: [sidecar(spec, version, true)],
+    containers: [appContainer(spec, version, work, writable.mounts)],
+    volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap(id) } }, ...envoyPki(spec.name).volumes, pkiVolume("jwks", pkiSecrets.jwks), ...writable.volumes],
+  });
   // Headless: Envoy resolves it (STRICT_DNS) to every ready pod and balances, ejects
   // and health-checks per pod.
   const service = {
@@ -322,45 +332,28 @@ function renderInstance(spec: ServiceSpec, version: string, id: string): Obj[] {
 function renderEdge(): Obj[] {
   const app = "edge";
   const version = "v1";
-  const deployment = {
-    apiVersion: "apps/v1",
-    kind: "Deployment",
-    metadata: { name: app, labels: labels(app, version) },
-    spec: {
-      selector: { matchLabels: labels(app, version) },
-      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: "25%" } },
-      template: {
-        metadata: { labels: labels(app, version) },
-        spec: {
-          serviceAccountName: app,
-          automountServiceAccountToken: false,
-          securityContext: podSecurity,
-          terminationGracePeriodSeconds: 30,
-          topologySpreadConstraints: spread(app, version),
-          containers: [
-            {
-              name: "envoy",
-              image: ENVOY_IMAGE,
-              command: ["envoy"],
-              args: ENVOY_ARGS,
-              env: [{ name: "ENVOY_POD_LISTENER", valueFrom: { configMapKeyRef: { name: "envoy-pod-listener-edge", key: "listener.yaml" } } }],
-              ports: [
-                { name: "grpc", containerPort: podPorts.edge },
-                { name: "http-envoy-prom", containerPort: ENVOY_STATS_PORT },
-              ],
-              ...envoyProbes(),
-              // Out of the Service's endpoints before Envoy exits (it does not drain on SIGTERM).
-              lifecycle: { preStop: { sleep: { seconds: 10 } } },
-              resources: edge.resources,
-              securityContext: containerSecurity(ENVOY_UID),
-              volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }, ...envoyPki(edgeIdentity).mounts, pkiMount("jwks", pkiSecrets.jwks)],
-            },
-          ],
-          volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap("edge") } }, ...envoyPki(edgeIdentity).volumes, pkiVolume("jwks", pkiSecrets.jwks)],
-        },
+  const deployment = deploymentOf(app, app, version, {}, {
+    containers: [
+      {
+        name: "envoy",
+        image: ENVOY_IMAGE,
+        command: ["envoy"],
+        args: ENVOY_ARGS,
+        env: [{ name: "ENVOY_POD_LISTENER", valueFrom: { configMapKeyRef: { name: "envoy-pod-listener-edge", key: "listener.yaml" } } }],
+        ports: [
+          { name: "grpc", containerPort: podPorts.edge },
+          { name: "http-envoy-prom", containerPort: ENVOY_STATS_PORT },
+        ],
+        ...envoyProbes(),
+        // Out of the Service's endpoints before Envoy exits (it does not drain on SIGTERM).
+        lifecycle: { preStop: { sleep: { seconds: 10 } } },
+        resources: edge.resources,
+        securityContext: containerSecurity(ENVOY_UID),
+        volumeMounts: [{ name: "envoy-config", mountPath: "/etc/envoy", readOnly: true }, ...envoyPki(edgeIdentity).mounts, pkiMount("jwks", pkiSecrets.jwks)],
       },
-    },
-  };
+    ],
+    volumes: [{ name: "envoy-config", configMap: { name: envoyConfigMap("edge") } }, ...envoyPki(edgeIdentity).volumes, pkiVolume("jwks", pkiSecrets.jwks)],
+  });
   const service = {
     apiVersion: "v1",
     kind: "Service",
@@ -401,50 +394,33 @@ function renderRateLimit(): Obj[] {
     RUNTIME_WATCH_ROOT: "false",
   });
   const health = { httpGet: { path: "/healthcheck", port: RATELIMIT_HTTP_PORT } };
-  const deployment = {
-    apiVersion: "apps/v1",
-    kind: "Deployment",
-    metadata: { name: app, labels: labels(app, version) },
-    spec: {
-      selector: { matchLabels: labels(app, version) },
-      strategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 0, maxSurge: "25%" } },
-      template: {
-        metadata: { labels: { ...labels(app, version), [REDIS_CLIENT_LABEL]: "true" } },
-        spec: {
-          serviceAccountName: app,
-          automountServiceAccountToken: false,
-          securityContext: podSecurity,
-          terminationGracePeriodSeconds: 30,
-          topologySpreadConstraints: spread(app, version),
-          containers: [
-            {
-              name: "ratelimit",
-              image: rateLimit.image,
-              command: ["/bin/ratelimit"],
-              env: [
-                ...env,
-                secretEnv("REDIS_URL", SECRETS.rateLimitRedis),
-                { name: "REDIS_AUTH", valueFrom: { secretKeyRef: { ...SECRETS.rateLimitRedisPassword, optional: true } } },
-              ],
-              ports: [
-                { name: "grpc", containerPort: podPorts.rateLimitGrpc },
-                { name: "http-health", containerPort: RATELIMIT_HTTP_PORT },
-              ],
-              startupProbe: { ...health, periodSeconds: 1, failureThreshold: 60 },
-              readinessProbe: { ...health, periodSeconds: 5, failureThreshold: 2 },
-              livenessProbe: { ...health, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3 },
-              // Out of the edges' DNS answers before it stops.
-              lifecycle: { preStop: { sleep: { seconds: 5 } } },
-              resources: rateLimit.resources,
-              securityContext: containerSecurity(RATELIMIT_UID),
-              volumeMounts: [{ name: "config", mountPath: RATELIMIT_CONFIG_DIR, readOnly: true }],
-            },
-          ],
-          volumes: [{ name: "config", configMap: { name: "ratelimit-config" } }],
-        },
+  const deployment = deploymentOf(app, app, version, { labels: { ...labels(app, version), [REDIS_CLIENT_LABEL]: "true" } }, {
+    containers: [
+      {
+        name: "ratelimit",
+        image: rateLimit.image,
+        command: ["/bin/ratelimit"],
+        env: [
+          ...env,
+          secretEnv("REDIS_URL", SECRETS.rateLimitRedis),
+          { name: "REDIS_AUTH", valueFrom: { secretKeyRef: { ...SECRETS.rateLimitRedisPassword, optional: true } } },
+        ],
+        ports: [
+          { name: "grpc", containerPort: podPorts.rateLimitGrpc },
+          { name: "http-health", containerPort: RATELIMIT_HTTP_PORT },
+        ],
+        startupProbe: { ...health, periodSeconds: 1, failureThreshold: 60 },
+        readinessProbe: { ...health, periodSeconds: 5, failureThreshold: 2 },
+        livenessProbe: { ...health, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3 },
+        // Out of the edges' DNS answers before it stops.
+        lifecycle: { preStop: { sleep: { seconds: 5 } } },
+        resources: rateLimit.resources,
+        securityContext: containerSecurity(RATELIMIT_UID),
+        volumeMounts: [{ name: "config", mountPath: RATELIMIT_CONFIG_DIR, readOnly: true }],
       },
-    },
-  };
+    ],
+    volumes: [{ name: "config", configMap: { name: "ratelimit-config" } }],
+  });
   const service = {
     apiVersion: "v1",
     kind: "Service",

@@ -86,8 +86,18 @@ const options = (): CanaryOptions => ({
   log: () => undefined,
 });
 
-async function chaosOnV2(values: Record<string, number>) {
-  await setRuntime(sidecarAdmin("prediction-v2"), values);
+/** One canary run under Predict load, with v2's sidecar failing `abort` of its calls (runtime chaos) meanwhile. */
+async function canaryUnderLoad(abort?: { percent: number; grpcStatus: number }) {
+  const chaos = (values: Record<string, number>) => setRuntime(sidecarAdmin("prediction-v2"), values);
+  if (abort) await chaos({ "chaos.abort_percent": abort.percent, "chaos.abort_grpc_status": abort.grpcStatus });
+  const stop = load();
+  try {
+    const result = await runCanary(options());
+    return { result, seen: await stop() };
+  } finally {
+    await stop();
+    if (abort) await chaos({ "chaos.abort_percent": 0 });
+  }
 }
 
 /** Until the edge sees prediction-v2 healthy and not ejected (after a rollback that ejected it). */
@@ -102,13 +112,7 @@ async function v2Back(timeoutMs = 30_000): Promise<void> {
 describe("canary controller", () => {
   it("promotes a healthy v2 to all traffic", async () => {
     expect(await v2Healthy(mesh.edgeAdmin)).toBe(true);
-    const stop = load();
-    let result;
-    try {
-      result = await runCanary(options());
-    } finally {
-      await stop();
-    }
+    const { result } = await canaryUnderLoad();
     expect(result.outcome, result.reason).toBe("promoted");
     expect(result.steps.map((s) => s.weight)).toEqual([25, 50]);
     // The controller counted v2's share on the failover cluster the edge routes it to.
@@ -118,15 +122,7 @@ describe("canary controller", () => {
   });
 
   it("rolls back a v2 that fails requests, at once", async () => {
-    await chaosOnV2({ "chaos.abort_percent": 30, "chaos.abort_grpc_status": 13 });
-    const stop = load();
-    let result;
-    try {
-      result = await runCanary(options());
-    } finally {
-      await stop();
-      await chaosOnV2({ "chaos.abort_percent": 0 });
-    }
+    const { result } = await canaryUnderLoad({ percent: 30, grpcStatus: 13 });
     expect(result.outcome).toBe("rolled_back");
     expect(result.reason).toMatch(/error rate|no healthy instance|ejected/);
     expect(await stat(mesh.edgeAdmin, "runtime.admin_overrides_active")).toBeGreaterThan(0);
@@ -138,16 +134,7 @@ describe("canary controller", () => {
     const retriesBefore = await stat(mesh.edgeAdmin, "cluster.prediction-v2-first.upstream_rq_retry");
     // UNAVAILABLE is retried, and the retry goes to the other version: the caller gets v1's
     // answer. 10%: rarely five in a row, so v2 stays in (no ejection) and only the retries tell.
-    await chaosOnV2({ "chaos.abort_percent": 10, "chaos.abort_grpc_status": 14 });
-    const stop = load();
-    let result;
-    let seen;
-    try {
-      result = await runCanary(options());
-    } finally {
-      seen = await stop();
-      await chaosOnV2({ "chaos.abort_percent": 0 });
-    }
+    const { result, seen } = await canaryUnderLoad({ percent: 10, grpcStatus: 14 });
     expect(result.outcome).toBe("rolled_back");
     // Counted as v2's errors though no caller saw them (an ejection, if one came first, is a breach too).
     expect(result.reason).toMatch(/error rate|ejected|no healthy instance/);
