@@ -258,7 +258,7 @@ export function rateLimitCluster(address: string, port: number, discovery: "STAT
  * time the call goes through (failure_mode_deny false): the rate limit must not
  * become the edge's single point of failure.
  */
-export function globalRateLimitFilter(timeoutMs = 100): Obj {
+export function globalRateLimitFilter(timeoutMs = 250): Obj {
   const header = (name: string, key: string) => ({ request_headers: { header_name: name, descriptor_key: key } });
   return {
     name: "envoy.filters.http.ratelimit",

@@ -10,6 +10,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1
 import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
 import { ensurePki } from "./pki.js";
+import { rateLimitCommand } from "./ratelimit.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -19,7 +20,7 @@ export interface MeshOptions {
   redisUrl?: string;
   /** Port for the Redis the mesh starts. */
   redisPort?: number;
-  /** Extra env for every app (LOG_LEVEL, ADMIN_TOKEN, ...). */
+  /** Extra env for every app (LOG_LEVEL, DRAIN_MS, ...). */
   env?: Record<string, string>;
   /** Extra env per instance id ("prediction-v2"). */
   instanceEnv?: Record<string, Record<string, string>>;
@@ -297,7 +298,17 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   }
 
   // The Envoys' certificates and the edge's JWT key (.run/pki, where the rendered configs look).
-  await ensurePki();
+  const pki = await ensurePki();
+  // The edge's global rate limit (envoyproxy/ratelimit) keeps its counters in Redis.
+  await waitRedis(redisUrl, 15_000);
+  const rateLimit = await rateLimitCommand({
+    redisUrl,
+    grpcPort: localPorts.rateLimitGrpc,
+    httpPort: localPorts.rateLimitHttp,
+    debugPort: localPorts.rateLimitDebug,
+    runtimeDir: join(runDir, "ratelimit"),
+  });
+  launch("ratelimit", "rate-limit service", rateLimit.command, [], rateLimit.env);
   // Envoy worker threads (default: one per core); SIDECAR_THREADS / EDGE_THREADS tune it.
   const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
@@ -320,6 +331,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       ...(spec.connect ? { CONNECT_PORT: String(localPorts.appConnect(spec.name, version)) } : {}),
       SERVICE_VERSION: version,
       REDIS_URL: redisUrl,
+      // Admin RPCs accept the edge's admin JWTs (npm run token -- --role admin).
+      JWKS_PATH: pki.jwks,
       ...upstreamEnv(spec, version),
       ...options.env,
       ...options.instanceEnv?.[id],

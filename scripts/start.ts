@@ -2,6 +2,7 @@
 // everything. A process that dies once the mesh is up is restarted (see Supervised).
 import { availableServices, startMesh, type Mesh } from "./mesh.js";
 import { tool } from "./tools.js";
+import { startWebConsole, type WebConsole } from "./web.js";
 
 const started = performance.now();
 const services = availableServices();
@@ -10,12 +11,14 @@ console.log(`starting ${services.join(", ")} with their Envoy sidecars, and the 
 // mesh. One handler throughout, so no signal finds the process without one.
 const interrupted = new AbortController();
 let mesh: Mesh | undefined;
+let web: WebConsole | undefined;
 let stopping = false;
 const stop = async () => {
   if (!mesh) return interrupted.abort();
   if (stopping) return;
   stopping = true;
   console.log("\nstopping...");
+  await web?.stop();
   await mesh.stop();
   process.exit(0);
 };
@@ -23,6 +26,15 @@ process.on("SIGINT", stop);
 process.on("SIGTERM", stop);
 mesh = await startMesh({ signal: interrupted.signal }).catch((err: Error) => {
   console.error(`npm start failed: ${err.message}`);
+  process.exit(1);
+});
+web = await startWebConsole({
+  edgeUrl: `http://${mesh.edge}`,
+  edgeAdmin: mesh.edgeAdmin,
+  metricsUrls: Object.fromEntries(mesh.instances.filter((i) => i.service === "prediction").map((i) => [i.version, `http://127.0.0.1:${i.metricsPort}/metrics`])),
+}).catch(async (err: Error) => {
+  console.error(`npm start failed: the web console did not start: ${err.message}`);
+  await mesh?.stop();
   process.exit(1);
 });
 const seconds = ((performance.now() - started) / 1000).toFixed(1);
@@ -35,6 +47,7 @@ recsys-mesh is up in ${seconds}s (Redis ${mesh.redisUrl}).
 
   edge (gRPC, gRPC-web, Connect)  ${mesh.edge}
   edge admin (stats, runtime)     ${mesh.edgeAdmin}
+  browser console                 ${web.url}
 ${rows.join("\n")}
   logs                            ${mesh.logDir}
 
@@ -46,5 +59,9 @@ ${hasPrediction ? `  ${grpcurl} -plaintext -d '{"user_id":"u000001","num_predict
   curl -s -H 'content-type: application/json' -d '{"userId":"u000001"}' http://${mesh.edge}/recsys.prediction.v1.PredictionService/Predict
 ` : ""}  ${ghz} --insecure --import-paths proto --proto recsys/echo/v1/echo.proto --call recsys.echo.v1.EchoService.Echo -d '{"message":"hi"}' -c 50 -z 10s ${mesh.edge}
   curl -s ${mesh.edgeAdmin}/stats?filter=cluster.*upstream_rq_total
+
+Admin and internal RPCs need a token (the edge verifies it; anonymous callers get public RPCs at a small rate):
+  TOKEN=$(npm run -s token -- --role admin --user ops --tier enterprise)
+  ${grpcurl} -plaintext -H "authorization: Bearer $TOKEN" -d '{"all":true}' ${mesh.edge} recsys.prediction.v1.PredictionService/InvalidateCache
 
 A process that dies is restarted (exponential backoff; a crash loop gives up loudly). Ctrl-C stops everything.`);

@@ -51,8 +51,6 @@ export interface ConsoleStats {
 }
 
 const WEB = join(ROOT, "web");
-/** The console's own port: the edge's CORS allow-list names this origin. */
-export const webConsolePort = Number(process.env.WEB_PORT ?? 8088);
 const grpcCodeNames = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
 
 /** The edge's tier rate limit (a local rate limit filter, stat_prefix edge_tier_ratelimit). */
@@ -165,7 +163,7 @@ export async function startWebConsole(options: WebConsoleOptions = {}): Promise<
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(options.port ?? webConsolePort, "127.0.0.1", resolve);
+    server.listen(options.port ?? localPorts.webConsole, "127.0.0.1", resolve);
   });
   const address = server.address();
   const port = typeof address === "object" && address ? address.port : 0;
