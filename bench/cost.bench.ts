@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { localListeners } from "../envoy/topology.js";
 import { startMesh, type Mesh } from "../scripts/mesh.js";
 import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { loadGeneratorAuth } from "../scripts/token.js";
 import { ROOT } from "../scripts/tools.js";
 
 const seconds = Number(process.env.COST_SECONDS ?? 10);
@@ -70,7 +71,8 @@ function workloads(): Workload[] {
 async function measureCost(mesh: Mesh, w: Workload, dir: string): Promise<ScenarioResult> {
   const dataFile = join(dir, `${w.name.replace(/\W+/g, "-")}.json`);
   writeFileSync(dataFile, JSON.stringify(w.messages));
-  const run = (name: string) => ghz({ name, address: mesh.edge, call: w.call, proto: w.proto, dataFile, concurrency, connections: 4, durationS: seconds });
+  const metadata = await loadGeneratorAuth("bench-cost");
+  const run = (name: string) => ghz({ name, address: mesh.edge, call: w.call, proto: w.proto, dataFile, concurrency, connections: 4, durationS: seconds, metadata });
   if (w.warmUp) await run(`${w.name} warm-up`);
   const processes = meshProcesses();
   const before = snapshot(processes);

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import * as vega from "vega";
 import { compile } from "vega-lite";
 import { startMesh, type Mesh } from "../scripts/mesh.js";
+import { loadGeneratorAuth } from "../scripts/token.js";
 import { ROOT } from "../scripts/tools.js";
 import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
@@ -58,11 +59,12 @@ function workloads(dir: string): Workload[] {
 }
 
 async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
+  const metadata = await loadGeneratorAuth("bench-e2e");
   // ghz divides --rps among its workers: with more workers than requests per second
   // each worker's share rounds away and the offered rate is never reached. One worker
   // per request per second, up to 128, keeps every worker's share at one or more.
   const run = (name: string, rps?: number, durationS = seconds) =>
-    ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? Math.min(128, rps) : 32, connections: 4, durationS, rps, extra: { workload: w.name } });
+    ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? Math.min(128, rps) : 32, connections: 4, durationS, rps, metadata, extra: { workload: w.name } });
   if (w.name.startsWith("cached")) await run(`${w.name} warm-up`, undefined, seconds);
   const ceiling = await run(`${w.name} ceiling (closed loop, c=32)`);
   const points: ScenarioResult[] = [];

@@ -1,6 +1,7 @@
 // The mesh's cost per hop: the echo service called directly, and through the edge
 // Envoy and its sidecar (two proxies), with the same load, in the same run.
 import { startMesh } from "../scripts/mesh.js";
+import { loadGeneratorAuth } from "../scripts/token.js";
 import { ghz, ratio, type BenchSuite } from "./harness.js";
 
 const suite: BenchSuite = {
@@ -10,6 +11,7 @@ const suite: BenchSuite = {
     const mesh = await startMesh({ only: ["echo"], env: { LOG_LEVEL: "warn" } });
     try {
       const echo = mesh.instances.find((i) => i.service === "echo")!;
+      const metadata = await loadGeneratorAuth("bench-mesh");
       const load = (name: string, address: string) =>
         ghz({
           name,
@@ -20,6 +22,7 @@ const suite: BenchSuite = {
           concurrency: 50,
           connections: 4,
           durationS,
+          metadata,
         });
       const direct = await load("echo direct", `127.0.0.1:${echo.appPort}`);
       const meshed = await load("echo via edge + sidecar", mesh.edge);

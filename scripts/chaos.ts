@@ -16,6 +16,7 @@ import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/pr
 import { createServiceClient } from "../services/kit/index.js";
 import { ghz } from "../bench/harness.js";
 import { startMesh, waitEdgeHealthy, waitEnvoyReady, waitRedis, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
+import { loadGeneratorAuth } from "./token.js";
 import { ROOT } from "./tools.js";
 
 /** A process to kill, how to tell it serves again, and the best answer the rest of the mesh can still give. */
@@ -141,7 +142,9 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
 
   const start = performance.now();
   const endAt = start + options.durationS * 1000;
-  const load = ghz({ name: fault.name, address: mesh.edge, call: "recsys.prediction.v1.PredictionService.Predict", proto: "recsys/prediction/v1/prediction.proto", dataFile, concurrency: options.concurrency, rps: options.rps, durationS: options.durationS });
+  // As a backend would call: with a token (anonymous callers get a small per-address limit).
+  const auth = await loadGeneratorAuth(`chaos-${fault.name.replace(/\W+/g, "-")}`);
+  const load = ghz({ name: fault.name, address: mesh.edge, call: "recsys.prediction.v1.PredictionService.Predict", proto: "recsys/prediction/v1/prediction.proto", dataFile, concurrency: options.concurrency, rps: options.rps, durationS: options.durationS, metadata: auth });
 
   const samples: Sample[] = [];
   const client = createServiceClient(PredictionService, mesh.edge);
@@ -152,7 +155,7 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
     for (let i = 0; performance.now() < sampleUntil; i++) {
       const startedMs = performance.now() - start;
       const userId = user((w * 7919 + i * 31) % options.users);
-      const sample = await client.predict({ userId, numPredictions: 10, bypassCache: true }, { timeoutMs: 3000 }).then(
+      const sample = await client.predict({ userId, numPredictions: 10, bypassCache: true }, { timeoutMs: 3000, headers: auth }).then(
         (answer): Sample => ({ startedMs, outcome: levelName(answer.metadata?.fallbackLevel ?? FallbackLevel.UNSPECIFIED) }),
         (err: unknown): Sample => ({ startedMs, outcome: Code[ConnectError.from(err).code]!, error: ConnectError.from(err).rawMessage }),
       );

@@ -64,6 +64,15 @@ export async function localSigningKey(): Promise<KeyObject> {
   return createPrivateKey(readFileSync(pki.jwtKey));
 }
 
+/**
+ * The authorization header of a load generator (benchmarks, chaos runs): an
+ * enterprise user of its own, so the anonymous per-address limit does not cap it.
+ */
+export async function loadGeneratorAuth(user: string): Promise<{ authorization: string }> {
+  const token = mintToken({ user, tier: "enterprise", role: "user", ttlSeconds: 6 * 3600 }, await localSigningKey());
+  return { authorization: `Bearer ${token}` };
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const { values } = parseArgs({
     options: {
