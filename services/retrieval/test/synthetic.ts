@@ -3,18 +3,9 @@
 // random vectors would flatter the index.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { seededRandom } from "../../../test/support/random.js";
 
-/** mulberry32: a small seeded PRNG, so every run sees the same data. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom };
 
 function gaussian(random: () => number): number {
   return Math.sqrt(-2 * Math.log(random() || Number.MIN_VALUE)) * Math.cos(2 * Math.PI * random());
