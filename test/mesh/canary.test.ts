@@ -7,13 +7,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ConnectError } from "@connectrpc/connect";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { runCanary, v2Healthy, type CanaryOptions } from "../../scripts/canary.js";
 import { setRuntime, stat } from "../../scripts/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { localSigningKey, mintToken } from "../../scripts/token.js";
+import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 let mesh: Mesh;
 let token: string;
@@ -22,18 +21,14 @@ const runDir = mkdtempSync(join(tmpdir(), "recsys-canary-test-"));
 beforeAll(async () => {
   mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" } });
   // Anonymous callers share a small bucket per address; the load runs as one enterprise user.
-  token = mintToken({ user: "canary-test", tier: "enterprise", role: "user", ttlSeconds: 3600 }, await localSigningKey());
+  token = (await edgeTokenMinter())("canary-test");
 });
 afterAll(async () => {
   await mesh?.stop();
   rmSync(runDir, { recursive: true, force: true });
 });
 
-const bearer: Interceptor = (next) => (req) => {
-  req.header.set("authorization", `Bearer ${token}`);
-  return next(req);
-};
-const prediction = () => createClient(PredictionService, createGrpcTransport({ baseUrl: `http://${mesh.edge}`, interceptors: [bearer] }));
+const prediction = () => edgeClient(PredictionService, mesh.edge, token);
 const instance = (id: string) => mesh.instances.find((i) => i.id === id)!;
 const sidecarAdmin = (id: string) => `http://127.0.0.1:${instance(id).sidecarAdminPort}`;
 const metricsUrl = (id: string) => `http://127.0.0.1:${instance(id).metricsPort}/metrics`;

@@ -11,7 +11,7 @@ import { readFileSync } from "node:fs";
 import { connect as connectTcp, type Socket } from "node:net";
 import { connect as connectHttp2 } from "node:http2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { Health } from "../../gen/grpc/health/v1/health_pb.js";
 import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
@@ -27,6 +27,7 @@ import { pkiLayout } from "../../scripts/pki.js";
 import { runCommand } from "../../scripts/processes.js";
 import { localSigningKey, mintToken } from "../../scripts/token.js";
 import { tool } from "../../scripts/tools.js";
+import { bearer } from "../support/tokens.js";
 
 let mesh: Mesh;
 let signingKey: KeyObject;
@@ -39,13 +40,6 @@ beforeAll(async () => {
 afterAll(() => mesh?.stop());
 
 const token = (user: string, role: Role = "user", tier = "enterprise") => mintToken({ user, tier, role, ttlSeconds: 3600 }, signingKey);
-const bearer =
-  (value: string): Interceptor =>
-  (next) =>
-  (req) => {
-    req.header.set("authorization", `Bearer ${value}`);
-    return next(req);
-  };
 /** gRPC to the edge, as one signed-in user (anonymous callers share a small bucket per address). */
 const grpcAs = (value: string | undefined): Transport => createGrpcTransport({ baseUrl: `http://${mesh.edge}`, interceptors: value ? [bearer(value)] : [] });
 const webAs = (value: string | undefined): Transport => createGrpcWebTransport({ baseUrl: `http://${mesh.edge}`, httpVersion: "1.1", interceptors: value ? [bearer(value)] : [] });
