@@ -9,11 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
-import { createServiceClient } from "../../services/kit/index.js";
 import { setRuntime, stat, stats } from "../../scripts/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/mesh.js";
 import { ROOT } from "../../scripts/tools.js";
 import { startWebConsole, type ConsoleStats, type WebConsole } from "../../scripts/web.js";
+import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const SCREENSHOT = join(ROOT, "docs", "console.png");
@@ -209,16 +209,18 @@ describe("the web console", () => {
   });
 
   it("shows the edge's live figures from the read-only stats endpoint", async () => {
-    // Free-tier bursts past its bucket (burst 100) until the edge refuses some, so the
-    // rate-limited figure has something to show. Four connections, each at the edge's
-    // 100 streams, put 400 calls in flight at once; bounded in rounds, not by a clock.
-    const echoes = Array.from({ length: 4 }, () => createServiceClient(EchoService, mesh.edge));
+    // A free-tier user (its token's tier; a header could not claim more) bursts past its
+    // per-second limit until the edge refuses some, so the rate-limited figure has
+    // something to show. Four connections, each at the edge's 100 streams, put 400 calls
+    // in flight at once; bounded in rounds, not by a clock.
+    const freeUser = (await edgeTokenMinter())(`console-burst-${Date.now()}`, "free");
+    const echoes = Array.from({ length: 4 }, () => edgeClient(EchoService, mesh.edge, freeUser));
     let limited = 0;
     for (let round = 0; round < 10 && limited === 0; round++) {
       const refused = await Promise.all(
         echoes.flatMap((echo) =>
           Array.from({ length: 100 }, () =>
-            echo.echo({ message: "burst" }, { headers: { "x-user-tier": "free" }, timeoutMs: 10_000 }).then(
+            echo.echo({ message: "burst" }, { timeoutMs: 10_000 }).then(
               () => false,
               (e: unknown) => ConnectError.from(e).code === Code.ResourceExhausted,
             ),
