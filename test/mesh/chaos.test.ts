@@ -8,6 +8,7 @@ import { FallbackLevel } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { faults, levelName, oneRungBelow, runFault, waitWhole, type Fault, type FaultResult } from "../../scripts/chaos.js";
 import { startMesh, type Mesh } from "../../scripts/mesh.js";
 import { Supervised } from "../../scripts/processes.js";
+import { predictAnswers } from "../support/predict-answers.js";
 
 describe("supervisor", () => {
   const dir = mkdtempSync(join(tmpdir(), "recsys-supervisor-"));
@@ -69,12 +70,7 @@ describe("kill -9 under load through the edge", () => {
   const fault = (name: string): Fault => faults.find((f) => f.name === name)!;
   const rank = (name: string) => [FallbackLevel.PRIMARY, FallbackLevel.SIMPLIFIED, FallbackLevel.POPULAR, FallbackLevel.STATIC].map(levelName).indexOf(name);
 
-  /** Predict answers one prediction version has given, from its /metrics. */
-  async function answers(version: string): Promise<number> {
-    const instance = mesh.instances.find((i) => i.id === `prediction-${version}`)!;
-    const text = await (await fetch(`http://127.0.0.1:${instance.metricsPort}/metrics`)).text();
-    return [...text.matchAll(/^recsys_prediction_answers_total\{[^}]*\} (\S+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
-  }
+  const answers = (version: string) => predictAnswers(mesh, version);
 
   /** Kills the fault's process under load, then checks what the edge guarantees and that the supervisor brought it back. */
   async function killUnderLoad(name: string, record: (result: FaultResult) => void = () => undefined): Promise<FaultResult> {

@@ -14,6 +14,7 @@ import { startMesh, type Mesh } from "../../scripts/mesh.js";
 import { ROOT } from "../../scripts/tools.js";
 import { startWebConsole, type ConsoleStats, type WebConsole } from "../../scripts/web.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
+import { predictAnswers } from "../support/predict-answers.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const SCREENSHOT = join(ROOT, "docs", "console.png");
@@ -64,12 +65,7 @@ function expectRanked(answer: JsonAnswer, count: number) {
   expect(fallbackNames).toContain(answer.metadata.fallbackLevel);
 }
 
-/** Predict answers one prediction version has given, whatever the protocol, from its /metrics. */
-async function answers(version: string): Promise<number> {
-  const instance = mesh.instances.find((i) => i.id === `prediction-${version}`)!;
-  const text = await (await fetch(`http://127.0.0.1:${instance.metricsPort}/metrics`)).text();
-  return [...text.matchAll(/^recsys_prediction_answers_total\{[^}]*\} (\S+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
-}
+const answers = (version: string) => predictAnswers(mesh, version);
 
 /** Until neither prediction version is ejected at the edge. */
 async function noEjections(timeoutMs = 30_000): Promise<void> {
