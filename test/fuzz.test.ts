@@ -58,7 +58,8 @@ describe("fuzzing every RPC of every service with malformed gRPC frames", () => 
     {
       name: "feature",
       service: FeatureService,
-      start: () => startFeatureService({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url }),
+      // A loaded machine may take longer than the default 500 ms for a PING, which turns health NOT_SERVING.
+      start: () => startFeatureService({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: "5000" }),
       valid: (address) => createClient(FeatureService, transport(address)).listFeatureViews({}),
     },
     {
@@ -129,7 +130,14 @@ describe("fuzzing every RPC of every service with malformed gRPC frames", () => 
         expect([...malformedAnswers].sort()).toEqual(methods.map(methodPath).sort());
         expect(sent).toBe(cases.length);
         await app.valid(address);
-        expect((await health.check({})).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+        // Health is read, not raced: an app that stays NOT_SERVING fails here.
+        const deadline = Date.now() + 15_000;
+        let status = (await health.check({})).status;
+        while (status !== HealthCheckResponse_ServingStatus.SERVING && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 200));
+          status = (await health.check({})).status;
+        }
+        expect(status).toBe(HealthCheckResponse_ServingStatus.SERVING);
         console.log(`${app.name}: ${cases.length + methods.length} malformed calls over ${methods.length} methods:`, Object.fromEntries(counts));
       } finally {
         raw.close();
