@@ -53,8 +53,8 @@ export interface ConsoleStats {
 const WEB = join(ROOT, "web");
 const grpcCodeNames = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
 
-/** The edge's tier rate limit (a local rate limit filter, stat_prefix edge_tier_ratelimit). */
-const rateLimitedStat = "edge_tier_ratelimit.http_local_rate_limit.rate_limited";
+/** Calls the edge refused for a rate limit: the global limit's over-limit answers and the local backstop's. */
+const rateLimitedStats = [/^cluster\.[^.]+\.ratelimit\.over_limit$/, /^edge_backstop_ratelimit\.http_local_rate_limit\.rate_limited$/];
 
 /** The console's script, bundled for browsers. */
 export async function buildConsole(): Promise<string> {
@@ -96,9 +96,9 @@ function statsReader(edgeAdmin: string, metricsUrls: Record<string, string>) {
     const at = Date.now();
     const edge: ConsoleStats["edge"] = { reachable: false, qps: null, requests: 0, errorsByCode: {}, rateLimited: 0, canaryWeights: {} };
     try {
-      const s = await stats(edgeAdmin, `^(http\\.edge\\.downstream_rq_total|${rateLimitedStat.replace(/\./g, "\\.")}|cluster\\.[^.]+\\.grpc\\..*\\.[0-9]+)$`);
+      const s = await stats(edgeAdmin, `^(http\\.edge\\.downstream_rq_total|cluster\\.[^.]+\\.ratelimit\\.over_limit|edge_backstop_ratelimit\\.http_local_rate_limit\\.rate_limited|cluster\\.[^.]+\\.grpc\\..*\\.[0-9]+)$`);
       edge.requests = s.get("http.edge.downstream_rq_total") ?? 0;
-      edge.rateLimited = s.get(rateLimitedStat) ?? 0;
+      edge.rateLimited = [...s].filter(([name]) => rateLimitedStats.some((re) => re.test(name))).reduce((sum, [, value]) => sum + value, 0);
       for (const [name, value] of s) {
         const code = /^cluster\.[^.]+\.grpc\..*\.([0-9]+)$/.exec(name)?.[1];
         if (code && code !== "0" && value > 0) {
