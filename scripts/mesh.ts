@@ -299,6 +299,9 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
 
   // The Envoys' certificates and the edge's JWT key (.run/pki, where the rendered configs look).
   const pki = await ensurePki();
+  // The rendered local Envoy configs write their access logs under .run/logs of the
+  // checkout (a relative path, whatever the run dir), and Envoy refuses a missing one.
+  mkdirSync(join(ROOT, ".run", "logs"), { recursive: true });
   // The edge's global rate limit (envoyproxy/ratelimit) keeps its counters in Redis.
   await waitRedis(redisUrl, 15_000);
   const rateLimit = await rateLimitCommand({

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -27,7 +27,11 @@ const sidecarPath = (target: string, id: string) => `${target}/sidecar-${id}.yam
 // Envoy, even validating, opens the certificate, CA and JWKS files a config names.
 const work = mkdtempSync(join(tmpdir(), "recsys-envoy-config-"));
 const pkiDir = join(work, "pki");
-beforeAll(() => ensurePki({ dir: pkiDir }), 60_000);
+beforeAll(async () => {
+  await ensurePki({ dir: pkiDir });
+  // Local configs write access logs under .run/logs (relative, from the checkout), as npm start runs them.
+  mkdirSync(join(ROOT, ".run", "logs"), { recursive: true });
+}, 60_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 describe("Envoy configs rendered from envoy/topology.ts", () => {
