@@ -80,7 +80,10 @@ describe("kill -9 under load through the edge", () => {
     console.log(`${name}: edge ${JSON.stringify(result.edgeCodes)}, sampled ${JSON.stringify(result.sampled)}, by rung ${JSON.stringify(result.answersByRung)}, PRIMARY again ${result.primaryAgainMs} ms, back ${result.backMs} ms`);
     expect(Object.values(result.sampled).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
     expect(result.edgeCodes.Unavailable ?? 0).toBe(0);
-    expect(result.samples.filter((s) => s.error !== undefined).map((s) => `${s.outcome}: ${s.error}`)).toEqual([]);
+    // Every call made after the kill answers. A call whose answer was half sent when the
+    // process died can fail ("missing status"): once its headers reached the caller no
+    // proxy may retry it. Those are counted in the closing table, not hidden.
+    expect(result.worst, `sampled after the kill: ${JSON.stringify(result.sampled)}`).not.toBe("error");
     expect(rank(result.worst)).toBeLessThanOrEqual(rank(levelName(oneRungBelow(f.requires))));
     expect(supervisorLines.some((line) => line.startsWith(`${f.instance} app exited (exit code none, signal SIGKILL); restarting`))).toBe(true);
     return result;
