@@ -34,12 +34,13 @@ export const trendingDayKey = (partition: number, category: string, day: number)
 export const categoriesKey = (partition: number) => `${tag(partition)}:categories`;
 
 /** The category covering every item in the popular/trending lists. */
-export const ALL_CATEGORIES = "all";
+import { rankedListKey } from "../kit/ranked-lists.js";
+export { ALL_CATEGORIES } from "../kit/ranked-lists.js";
 /** Where items of no known category are counted (no list of its own; "~" is no category's). */
 export const NO_CATEGORY = "~none";
 /** Published list read by the retrieval service: member item id, higher score is better. */
-export const popularKey = (category: string) => `recsys:popular:${category}`;
-export const trendingKey = (category: string) => `recsys:trending:${category}`;
+export const popularKey = (category: string) => rankedListKey("popular", category);
+export const trendingKey = (category: string) => rankedListKey("trending", category);
 /** Catalogue popularity in [0, 1), added to the live counts when publishing. */
 export const popularSeedKey = (category: string) => `{${popularKey(category)}}:seed`;
 /** Live counts staged before they are merged into the published list. */

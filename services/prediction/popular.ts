@@ -1,17 +1,17 @@
+import { ALL_CATEGORIES, rankedListKey } from "../kit/ranked-lists.js";
 import type { Redis } from "ioredis";
 import type { Logger } from "../kit/index.js";
 import { popularListAge, popularRefreshes } from "./metrics.js";
 import { failFastRedis } from "./redis.js";
 
-/** The overall list's name among the categories. */
-export const ALL_CATEGORIES = "all";
+export { ALL_CATEGORIES };
 
 /**
  * The popular lists the feature service publishes (services/feature/README.md,
  * "Popular and trending lists"): a sorted set per category and one for "all",
  * member = item id, higher score = better, each replaced atomically.
  */
-const listKey = (category: string) => `recsys:popular:${category}`;
+const listKey = (category: string) => rankedListKey("popular", category);
 
 /** Lists read per refresh at most: "all" and this many categories less one. */
 const MAX_LISTS = 1000;

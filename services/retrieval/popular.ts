@@ -1,12 +1,13 @@
+import { ALL_CATEGORIES, rankedListKey, type RankedListKind } from "../kit/ranked-lists.js";
 import { Redis } from "ioredis";
 import type { Logger } from "../kit/index.js";
 import type { CatalogItem } from "./artifacts.js";
 import { popularFallbacks } from "./metrics.js";
 
-export type ListKind = "popular" | "trending";
+export type ListKind = RankedListKind;
 
 /** The overall list's category name in keys and in the static lists. */
-export const ALL_CATEGORIES = "all";
+export { ALL_CATEGORIES };
 
 export interface RankedItem {
   itemId: string;
@@ -25,9 +26,9 @@ export interface RankedList extends ListRequest {
   fallback?: "redis_unavailable" | "empty";
 }
 
-/** The feature service's key for a list (the contract between the two services). */
+/** The feature service's key for a list (the contract in the kit). */
 export function listKey({ kind, category }: ListRequest): string {
-  return `recsys:${kind}:${category}`;
+  return rankedListKey(kind, category);
 }
 
 /** The catalogue's popularity per category and overall, best first: the lists' fallback. */
