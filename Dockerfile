@@ -5,9 +5,9 @@
 #   docker build --build-arg SERVICE=prediction -t recsys/prediction:dev .
 #
 # SERVICE is one of prediction, feature, retrieval, experiment, echo. The image runs
-# the TypeScript with tsx (a runtime dependency), exactly as `npm start` does, so
-# there is no compile step whose output could drift from the source. Kubernetes
-# manifests (k8s/) set the command themselves; CMD is for `docker run`.
+# the services compiled to JavaScript by scripts/build.ts, as `npm start` does: no
+# transpiler in the process, and a restarted pod serves in a fraction of the time.
+# Kubernetes manifests (k8s/) set the command themselves; CMD is for `docker run`.
 
 # --- build: production dependencies, with the toolchain for native addons ---------
 FROM node:20.19-bookworm-slim AS build
@@ -22,19 +22,30 @@ COPY package.json package-lock.json ./
 # in the npm package; the optional GPU binaries are not wanted.
 RUN RECSYS_SKIP_SETUP=1 ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund
 
-# --- runtime: node_modules, the sources and the models, as a non-root user ---------
+# --- compile: services/ and gen/ to JavaScript, file for file (esbuild) -------------
+FROM node:20.19-bookworm-slim AS compile
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN RECSYS_SKIP_SETUP=1 ONNXRUNTIME_NODE_INSTALL=skip npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json ./
+COPY scripts ./scripts
+COPY gen ./gen
+COPY services ./services
+RUN npx tsx scripts/build.ts --outdir /out
+
+# --- runtime: node_modules, the compiled services and the models, as a non-root user -
 FROM node:20.19-bookworm-slim
 ARG SERVICE
 ENV NODE_ENV=production \
     SERVICE=${SERVICE}
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
-COPY package.json tsconfig.json ./
-COPY gen ./gen
-COPY services ./services
+COPY package.json ./
+COPY --from=compile /out/gen ./gen
+COPY --from=compile /out/services ./services
 COPY models ./models
-RUN test -f "services/${SERVICE}/server.ts" || { echo "SERVICE must name a folder of services/ with a server.ts (got '${SERVICE}')" >&2; exit 1; }
+RUN test -f "services/${SERVICE}/server.js" || { echo "SERVICE must name a folder of services/ with a server.ts (got '${SERVICE}')" >&2; exit 1; }
 # The image's `node` user (uid 1000); the manifests run as the same uid.
 USER 1000:1000
 EXPOSE 50051 50052 9090
-CMD ["sh", "-c", "exec node --import tsx services/${SERVICE}/server.ts"]
+CMD ["sh", "-c", "exec node --enable-source-maps services/${SERVICE}/server.js"]

@@ -189,10 +189,10 @@ function jobEnv(spec: ServiceSpec, job: BatchJob, work: Workload): Obj[] {
   ];
 }
 
-/** The images run TypeScript with tsx, as `npm start` does; no compile step to drift. */
-const NODE = ["node", "--import", "tsx"];
+/** The images hold the services compiled to JavaScript (scripts/build.ts), as `npm start` runs them. */
+const NODE = ["node", "--enable-source-maps"];
 
-/** tmp for Node and tsx's transform cache, plus the workload's data directories. */
+/** tmp for Node, plus the workload's data directories. */
 function writableVolumes(work: Workload): { volumes: Obj[]; mounts: Obj[] } {
   const dirs = { tmp: "/tmp", ...Object.fromEntries(Object.values(work.dataDirs ?? {}).map((path, i) => [`data-${i}`, path])) };
   return {
@@ -208,7 +208,7 @@ function appContainer(spec: ServiceSpec, version: string, work: Workload, mounts
     name: "app",
     image: imageOf(spec, version),
     command: NODE,
-    args: [`services/${spec.name}/server.ts`],
+    args: [`services/${spec.name}/server.js`],
     env: appEnv(spec, version, work),
     ports: [
       { name: "grpc-app", containerPort: grpcPort },

@@ -92,7 +92,7 @@ export interface BatchJob {
   /** Whose image, config shape and (when it has upstreams) sidecar config the job uses. */
   service: string;
   version: string;
-  /** Scripts with their arguments, run with `node --import tsx` in order, each to completion; a failure fails the job. */
+  /** Compiled scripts with their arguments, run with node in order, each to completion; a failure fails the job. */
   commands: string[][];
   upstreams: string[];
   resources: Resources;
@@ -108,7 +108,7 @@ export const jobs: BatchJob[] = [
     service: "feature",
     version: "v1",
     commands: ["models/catalog/v1/items.jsonl", "models/features/v1/user_features.jsonl", "models/features/v1/item_features.jsonl"].map((file) => [
-      "services/feature/materialize.ts",
+      "services/feature/materialize.js",
       file,
     ]),
     upstreams: [],
@@ -122,7 +122,7 @@ export const jobs: BatchJob[] = [
     schedule: "15 * * * *",
     service: "prediction",
     version: "v1",
-    commands: [["services/prediction/precompute.ts", "--users", "10000", "--concurrency", "8"]],
+    commands: [["services/prediction/precompute.js", "--users", "10000", "--concurrency", "8"]],
     upstreams: ["experiment", "feature", "retrieval"],
     resources: { requests: { cpu: "1", memory: "1Gi" }, limits: { cpu: "2", memory: "2Gi" } },
   },

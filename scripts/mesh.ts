@@ -9,6 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
+import { compiledServices } from "./build.js";
 import { ensurePki } from "./pki.js";
 import { rateLimitCommand } from "./ratelimit.js";
 import { ROOT, tool } from "./tools.js";
@@ -181,7 +182,7 @@ function rebasedCopy(file: string, outDir: string): string {
 }
 
 /** Loads the batch features and the catalogue's popular lists into Redis. */
-async function materialize(redisUrl: string, runDir: string, logDir: string): Promise<void> {
+async function materialize(build: string, redisUrl: string, runDir: string, logDir: string): Promise<void> {
   const dataDir = join(runDir, "data");
   mkdirSync(dataDir, { recursive: true });
   const features = join(ROOT, "models", "features", "v1");
@@ -194,7 +195,7 @@ async function materialize(redisUrl: string, runDir: string, logDir: string): Pr
   for (const [file, extra] of jobs) {
     const from = existsSync(logFile) ? statSync(logFile).size : 0;
     const log = openSync(logFile, "a");
-    const child = spawn("node", ["--import", "tsx", join(ROOT, "services", "feature", "materialize.ts"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log] });
+    const child = spawn("node", ["--enable-source-maps", join(build, "services", "feature", "materialize.js"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log] });
     closeSync(log);
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     if (code !== 0) throw new Error(`materializing ${relative(ROOT, file)} failed (exit ${code}); its log (${logFile}) says:\n${indent(logCause(logFile, from))}`);
@@ -269,6 +270,9 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
     throw new Error(`the mesh cannot start: ${taken.length === 1 ? "a port it needs is" : "ports it needs are"} in use:\n${taken.map((t) => `  ${t}`).join("\n")}\nStop what holds ${taken.length === 1 ? "it" : "them"} (another \`npm start\`?), or run inside a private network namespace: node scripts/in-netns.mjs <command>.`);
   }
 
+  // The apps run compiled JavaScript (scripts/build.ts): a restart after a crash waits
+  // for Node to load modules, not for tsx to transpile them.
+  const build = await compiledServices();
   // One mesh per run dir: two Redis servers appending to one AOF corrupt it.
   const releaseRunDir = claimRunDir(runDir);
   const processes = new Map<string, Supervised>();
@@ -316,7 +320,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
   const url = redisUrl;
-  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(url, runDir, logDir)) : Promise.resolve();
+  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(build, url, runDir, logDir)) : Promise.resolve();
   dataReady.catch(() => undefined);
   const running: RunningInstance[] = [];
   const apps = new Map<string, Supervised>();
@@ -340,7 +344,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       ...options.env,
       ...options.instanceEnv?.[id],
     };
-    const app = launch(id, `${id} app`, "node", ["--import", "tsx", ...(options.instanceNodeArgs?.[id] ?? []), serverEntry(spec.name)], env);
+    const app = launch(id, `${id} app`, "node", ["--enable-source-maps", ...(options.instanceNodeArgs?.[id] ?? []), join(build, "services", spec.name, "server.js")], env);
     const sidecar = launch(`envoy-${id}`, `${id} sidecar`, tool("envoy"), ["-c", join(ROOT, "envoy", "local", `sidecar-${id}.yaml`), "--disable-hot-restart", "-l", "warn", ...threads(process.env.SIDECAR_THREADS)]);
     apps.set(id, app);
     running.push({
