@@ -200,6 +200,23 @@ export const localPorts: Ports & { rateLimitHttp: number; rateLimitDebug: number
   egress: (s, v, u) => 15500 + slot(s, v) * 10 + index(u),
 };
 
+/**
+ * The trace and metrics backends `npm run observe` runs on loopback (scripts/observe.ts):
+ * Zipkin, whose span API every Envoy's tracer and every app's exporter send to, and
+ * Prometheus. Off the usual 9411/9090, so a developer's own Zipkin or Prometheus
+ * keeps its port.
+ */
+export const observePorts = { zipkin: 19411, prometheus: 19090 };
+
+/**
+ * Percent of requests arriving without a sampled trace context that an Envoy traces
+ * (its runtime key tracing.random_sampling, in hundredths of a percent there). The
+ * apps follow the sampled flag Envoy passes on. Local: none until `npm run observe`
+ * raises it to 100 on every Envoy, so a mesh without a trace backend sends no spans;
+ * Kubernetes: a ratio.
+ */
+export const traceSamplePercent = { local: 0, k8s: 1, observe: 100 };
+
 /** The Redis `npm start` runs when no REDIS_URL is given. */
 export const localRedisPort = Number(process.env.REDIS_PORT ?? 6390);
 

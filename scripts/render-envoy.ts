@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instances, localPorts, podPorts, service, services, edgeBackstopRps, edgeProtection, type Ports, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "../envoy/topology.js";
 import {
   corsPolicy,
   downstreamTls,
@@ -37,6 +37,9 @@ interface Placement {
   pki: Pki;
   /** The envoyproxy/ratelimit service the edge asks. */
   rateLimit: { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
+  /** The Zipkin collector every Envoy sends its spans to, and the share of requests it traces. */
+  zipkin: { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
+  traceSamplePercent: number;
 }
 
 const placements: Record<Target, Placement> = {
@@ -48,6 +51,8 @@ const placements: Record<Target, Placement> = {
     // Relative, like the logs: Envoy runs with the repository as its working directory.
     pki: pkiLayout(".run/pki"),
     rateLimit: { address: "127.0.0.1", port: localPorts.rateLimitGrpc, type: "STATIC" },
+    zipkin: { address: "127.0.0.1", port: observePorts.zipkin, type: "STATIC" },
+    traceSamplePercent: traceSamplePercent.local,
   },
   k8s: {
     ports: podPorts,
@@ -62,6 +67,9 @@ const placements: Record<Target, Placement> = {
     // Secrets mounted per identity (k8s/render.ts).
     pki: pkiLayout("/etc/recsys/pki"),
     rateLimit: { address: "ratelimit.recsys.svc.cluster.local", port: podPorts.rateLimitGrpc, type: "STRICT_DNS" },
+    // Zipkin (or any collector with Zipkin's span API) in the monitoring namespace.
+    zipkin: { address: "zipkin.monitoring.svc.cluster.local", port: 9411, type: "STRICT_DNS" },
+    traceSamplePercent: traceSamplePercent.k8s,
   },
 };
 
@@ -101,6 +109,7 @@ function accessLog(path: string): Obj[] {
             upstream: "%UPSTREAM_HOST%",
             attempts: "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
             trace: "%REQ(TRACEPARENT)%",
+            trace_id: "%TRACE_ID%",
           },
         },
       },
@@ -124,8 +133,56 @@ function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: 
   };
 }
 
-function listener(name: string, address: string, port: number, manager: Obj, transportSocket?: Obj): Obj {
-  return { name, address: socket(address, port), filter_chains: [{ filters: [manager], ...(transportSocket ? { transport_socket: transportSocket } : {}) }] };
+/** INBOUND listeners make server spans, OUTBOUND ones client spans. */
+function listener(name: string, direction: "INBOUND" | "OUTBOUND", address: string, port: number, manager: Obj, transportSocket?: Obj): Obj {
+  return {
+    name,
+    address: socket(address, port),
+    traffic_direction: direction,
+    filter_chains: [{ filters: [manager], ...(transportSocket ? { transport_socket: transportSocket } : {}) }],
+  };
+}
+
+const zipkinClusterName = "zipkin";
+
+/**
+ * A span for every request through a connection manager, sent to Zipkin. Envoy
+ * reads and writes W3C traceparent (and B3 beside it), so one trace runs from the
+ * edge through every sidecar and app; trace ids are 128-bit, as W3C's are. Which
+ * requests are traced: those that arrive with a sampled trace context, and
+ * random_sampling percent of the rest (runtime key tracing.random_sampling, which
+ * `npm run observe` raises). Each hop's span is its own (no shared span context).
+ */
+function tracing(place: Placement): Obj {
+  return {
+    random_sampling: { value: place.traceSamplePercent },
+    provider: {
+      name: "envoy.tracers.zipkin",
+      typed_config: {
+        "@type": type("envoy.config.trace.v3.ZipkinConfig"),
+        collector_cluster: zipkinClusterName,
+        collector_endpoint: "/api/v2/spans",
+        collector_endpoint_version: "HTTP_JSON",
+        trace_id_128bit: true,
+        shared_span_context: false,
+        trace_context_option: "USE_B3_WITH_W3C_PROPAGATION",
+      },
+    },
+  };
+}
+
+/**
+ * Zipkin's collector. A static cluster: Envoy starts whether or not Zipkin runs, and
+ * spans it cannot deliver are dropped (counted in tracing.zipkin.reports_dropped).
+ */
+function zipkinCluster(place: Placement): Obj {
+  const { address, port, type: discovery } = place.zipkin;
+  return {
+    name: zipkinClusterName,
+    type: discovery,
+    connect_timeout: "1s",
+    load_assignment: { cluster_name: zipkinClusterName, endpoints: [{ lb_endpoints: [{ endpoint: { address: socket(address, port) } }] }] },
+  };
 }
 
 function tokenBucket(rps: number, burst = rps): Obj {
@@ -402,9 +459,10 @@ function overloadManager(heap?: { maxHeapBytes: number }): Obj {
   };
 }
 
-function bootstrap(id: string, adminPort: number, listeners: Obj[], clusters: Obj[], runtime: Obj = {}, overload: Obj = overloadManager()): Obj {
+/** `cluster` names the Envoy in its spans (Zipkin's service name). */
+function bootstrap(id: string, cluster: string, adminPort: number, listeners: Obj[], clusters: Obj[], runtime: Obj = {}, overload: Obj = overloadManager()): Obj {
   return {
-    node: { id, cluster: id },
+    node: { id, cluster },
     overload_manager: overload,
     admin: { address: socket("127.0.0.1", adminPort) },
     layered_runtime: {
@@ -429,6 +487,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
   const connectRoute = { match: { prefix: "/" }, route: { cluster: "local_app_connect", timeout: "10s" } };
   const ingress = listener(
     "ingress",
+    "INBOUND",
     place.publicBind,
     ports.ingress(spec.name, version),
     hcm(
@@ -437,7 +496,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
       // Who may call what, first: nothing refused costs a fault or a token.
       [sidecarRbacFilter(spec.name), ...faultInjection(), localRateLimit(`ingress_${spec.name}_ratelimit`, spec.ingressRps)],
       place.accessLog(`${id}-ingress`),
-      sidecarIngressManagerOptions,
+      { ...sidecarIngressManagerOptions, tracing: tracing(place) },
     ),
     // Only the edge and the services the topology lets call this one get past the handshake.
     downstreamTls(ownCertificate, pki.trust, sidecarPeers(spec.name)),
@@ -445,6 +504,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
   const egress = spec.upstreams.map((upstream) =>
     listener(
       `egress_${upstream}`,
+      "OUTBOUND",
       "127.0.0.1",
       ports.egress(spec.name, version, upstream),
       hcm(
@@ -452,6 +512,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
         { name: upstream, virtual_hosts: [{ name: upstream, domains: ["*"], routes: [{ match: { prefix: "/" }, route: callRoute(upstream, service(upstream)) }] }] },
         [],
         place.accessLog(`${id}-egress-${upstream}`),
+        { tracing: tracing(place) },
       ),
     ),
   );
@@ -462,8 +523,9 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
       const up = service(upstream);
       return upstreamCluster(upstream, up, up.versions.map((v) => place.ingressOf(upstream, v)), upstreamTls(ownCertificate, pki.trust, upstream));
     }),
+    zipkinCluster(place),
   ];
-  return bootstrap(id, ports.sidecarAdmin(spec.name, version), [ingress, ...egress], clusters);
+  return bootstrap(id, `${id}-sidecar`, ports.sidecarAdmin(spec.name, version), [ingress, ...egress], clusters);
 }
 
 const bufferFilter = "envoy.filters.http.buffer";
@@ -595,7 +657,7 @@ export function renderEdge(target: Target): Obj {
       { name: bufferFilter, typed_config: { "@type": type("envoy.extensions.filters.http.buffer.v3.Buffer"), max_request_bytes: Math.max(...services.map((s) => s.edgeLimits.maxRequestBytes)) } },
     ],
     place.accessLog("edge"),
-    edgeManagerOptions,
+    { ...edgeManagerOptions, tracing: tracing(place) },
   );
   const edgeManager = {
     ...manager,
@@ -617,6 +679,7 @@ export function renderEdge(target: Target): Obj {
   const edgeListener = {
     name: "edge",
     address: socket(place.publicBind, place.ports.edge),
+    traffic_direction: "INBOUND",
     per_connection_buffer_limit_bytes: 32768,
     filter_chains: [{ filters: [connectionLimit, edgeManager] }],
   };
@@ -628,8 +691,10 @@ export function renderEdge(target: Target): Obj {
         : [upstreamCluster(s.name, s, s.versions.map((v) => place.ingressOf(s.name, v)), tlsTo(s.name))],
     ),
     rateLimitCluster(place.rateLimit.address, place.rateLimit.port, place.rateLimit.type),
+    zipkinCluster(place),
   ];
   return bootstrap(
+    "edge",
     "edge",
     place.ports.edgeAdmin,
     [edgeListener],

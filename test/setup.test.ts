@@ -66,6 +66,62 @@ describe("setup on a machine without the tools", () => {
     expect(existsSync(join(path, "redis-server"))).toBe(true);
   });
 
+  it("names what Zipkin's server and Prometheus need when they are missing", () => {
+    const result = runSetup(barePath(), "zipkin,prometheus");
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain("zipkin: java not found");
+    expect(result.stderr).toContain("prometheus not found: install it");
+    expect(result.stderr).not.toMatch(/is not defined|TypeError|SyntaxError/);
+  });
+
+  it("fetches Zipkin's pinned server jar with Maven once, and names a missing mvn", () => {
+    const path = barePath();
+    const log = join(path, "mvn.log");
+    writeFileSync(join(path, "java"), "#!/bin/sh\nexit 0\n");
+    chmodSync(join(path, "java"), 0o755);
+    const tools = mkdtempSync(join(tmpdir(), "setup-tools-"));
+    dirs.push(tools);
+    const env = { PATH: path, HOME: process.env.HOME ?? tools, RECSYS_TOOLS_DIR: tools };
+    const zipkin = () => spawnSync(process.execPath, [setup, "--only", "zipkin"], { encoding: "utf8", env, timeout: 60_000 });
+    const withoutMaven = zipkin();
+    expect(withoutMaven.status).toBe(1);
+    expect(withoutMaven.stderr).toContain("zipkin: mvn not found");
+    // mvn stands in for Maven: it records its arguments and "copies" the artifact where it was asked to.
+    writeFileSync(
+      join(path, "mvn"),
+      `#!/bin/sh\necho "$@" >> ${log}\nfor a in "$@"; do case "$a" in -DoutputDirectory=*) echo jar > "\${a#-DoutputDirectory=}/zipkin-server.jar";; esac; done\n`,
+    );
+    chmodSync(join(path, "mvn"), 0o755);
+    for (let run = 0; run < 2; run++) {
+      const result = zipkin();
+      expect(result.stderr).toBe("");
+      expect(result.status).toBe(0);
+    }
+    const calls = readFileSync(log, "utf8").trim().split("\n");
+    expect(calls).toHaveLength(1);
+    expect(calls[0]).toContain("dependency:copy -Dartifact=io.zipkin:zipkin-server:3.5.1:jar:exec");
+    expect(readFileSync(join(tools, "zipkin", "zipkin-server-exec.jar"), "utf8")).toBe("jar\n");
+  });
+
+  it("installs prometheus with apt-get when it is missing and it may (root)", () => {
+    const path = barePath();
+    const log = join(path, "apt-get.log");
+    writeFileSync(
+      join(path, "apt-get"),
+      `#!/bin/sh\necho "$@" >> ${log}\nif [ "$1" = install ]; then printf '#!/bin/sh\\necho prometheus\\n' > ${join(path, "prometheus")}; /bin/chmod +x ${join(path, "prometheus")}; fi\n`,
+    );
+    chmodSync(join(path, "apt-get"), 0o755);
+    const result = runSetup(path, "prometheus");
+    if (process.getuid?.() !== 0) {
+      expect(result.status).toBe(1);
+      expect(result.stderr).toContain("prometheus not found: install it");
+      return;
+    }
+    expect(result.stderr).toBe("");
+    expect(result.status).toBe(0);
+    expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(["update -qq", "install -y -qq --no-install-recommends prometheus"]);
+  });
+
   it("refuses an unknown step by name", () => {
     const result = runSetup(barePath(), "envoy,nope");
     expect(result.status).toBe(2);

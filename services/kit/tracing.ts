@@ -1,27 +1,51 @@
 import { ROOT_CONTEXT, context, propagation, trace, type Context, type TextMapGetter } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
+import { ZipkinExporter } from "@opentelemetry/exporter-zipkin";
 import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BatchSpanProcessor, NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
+import { BatchSpanProcessor, NodeTracerProvider, type SpanProcessor } from "@opentelemetry/sdk-trace-node";
 import type { Metadata } from "@grpc/grpc-js";
+import { z } from "zod";
+import { loadConfig } from "./config.js";
 
 let provider: NodeTracerProvider | undefined;
 
 /**
- * Installs the tracer provider once per process: W3C trace context propagation and
- * async-context tracking always (so trace ids flow and can be reported), an OTLP
- * exporter only when an endpoint is configured. Sampling follows the standard
- * OTEL_TRACES_SAMPLER variables.
+ * Where spans go, from the standard OpenTelemetry variables. Neither endpoint set:
+ * spans are made (trace ids flow and are reported) and dropped, at no export cost.
+ * Sampling is the SDK's own OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, by default
+ * parentbased_always_on: behind a sidecar every call has a parent, so Envoy's
+ * sampling decision (random_sampling in the rendered configs) is the one that counts.
  */
-export function initTracing(serviceName: string, otlpEndpoint?: string): void {
+export const tracingConfigShape = {
+  /** Zipkin's span API, e.g. http://127.0.0.1:19411/api/v2/spans (what `npm run observe` runs). */
+  OTEL_EXPORTER_ZIPKIN_ENDPOINT: z.string().url().optional(),
+  SERVICE_VERSION: z.string().min(1).optional(),
+};
+
+function exporters(otlpEndpoint: string | undefined, zipkinEndpoint: string | undefined): SpanProcessor[] {
+  const processors: SpanProcessor[] = [];
+  if (otlpEndpoint) processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url: otlpEndpoint })));
+  if (zipkinEndpoint) processors.push(new BatchSpanProcessor(new ZipkinExporter({ url: zipkinEndpoint })));
+  return processors;
+}
+
+/**
+ * Installs the tracer provider once per process: W3C trace context propagation and
+ * async-context tracking always, exporters only for the endpoints configured
+ * (the service config's OTLP endpoint, tracingConfigShape's Zipkin endpoint).
+ */
+export function initTracing(serviceName: string, otlpEndpoint?: string, env: Record<string, string | undefined> = process.env): void {
   if (provider) return;
+  const config = loadConfig(tracingConfigShape, env);
   provider = new NodeTracerProvider({
-    resource: resourceFromAttributes({ "service.name": serviceName }),
-    spanProcessors: otlpEndpoint ? [new BatchSpanProcessor(new OTLPTraceExporter({ url: otlpEndpoint }))] : [],
+    resource: resourceFromAttributes({ "service.name": serviceName, ...(config.SERVICE_VERSION ? { "service.version": config.SERVICE_VERSION } : {}) }),
+    spanProcessors: exporters(otlpEndpoint, config.OTEL_EXPORTER_ZIPKIN_ENDPOINT),
   });
   provider.register({ propagator: new W3CTraceContextPropagator() });
 }
 
+/** Sends the spans still buffered, then stops exporting. */
 export async function shutdownTracing(): Promise<void> {
   await provider?.shutdown();
 }
@@ -43,8 +67,13 @@ export function extractContextFromHeaders(headers: Headers): Context {
   return propagation.extract(ROOT_CONTEXT, headers, { keys: (h) => [...h.keys()], get: (h, key) => h.get(key) ?? undefined });
 }
 
+/** Trace and span id of the active span, or undefined when there is none. */
+export function activeSpanIds(): { traceId: string; spanId: string } | undefined {
+  const spanContext = trace.getSpan(context.active())?.spanContext();
+  return spanContext && trace.isSpanContextValid(spanContext) ? { traceId: spanContext.traceId, spanId: spanContext.spanId } : undefined;
+}
+
 /** Trace id of the active span, or "" when there is none. */
 export function activeTraceId(): string {
-  const spanContext = trace.getSpan(context.active())?.spanContext();
-  return spanContext && trace.isSpanContextValid(spanContext) ? spanContext.traceId : "";
+  return activeSpanIds()?.traceId ?? "";
 }
