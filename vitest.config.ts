@@ -1,9 +1,22 @@
 import { defineConfig } from "vitest/config";
 
 // Tests start real servers, Redis and Envoy: generous timeouts, at most two files at
-// once on a 2-core machine. Files under test/mesh/ bring up the whole mesh on its
-// fixed ports, so they run one at a time, after everything else.
+// once on a 2-core machine. The "cluster" project reruns the files that use Redis
+// against a 6-node Redis Cluster (RECSYS_TEST_REDIS=cluster makes their Redis helper,
+// test/support/redis-cluster.ts, start one), plus the cluster-only failover tests.
+// Files under test/mesh/ bring up the whole mesh on its fixed ports, so they run one
+// at a time, after everything else.
 const timeouts = { testTimeout: 60_000, hookTimeout: 120_000 };
+
+/** Service test files that run unchanged on a single Redis and on a Redis Cluster. */
+const redisSuites = [
+  "services/feature/test/server.test.ts",
+  "services/feature/test/store.test.ts",
+  "services/feature/test/materialize.test.ts",
+  "services/feature/test/aggregator.test.ts",
+  "services/experiment/test/server.test.ts",
+  "services/retrieval/test/candidates.test.ts",
+];
 
 export default defineConfig({
   test: {
@@ -15,8 +28,18 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["services/**/test/**/*.test.ts", "test/*.test.ts"],
+          exclude: ["test/cluster*.test.ts"],
           ...timeouts,
           sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        test: {
+          name: "cluster",
+          include: [...redisSuites, "test/cluster*.test.ts"],
+          env: { RECSYS_TEST_REDIS: "cluster" },
+          ...timeouts,
+          sequence: { groupOrder: 1 },
         },
       },
       {
@@ -25,7 +48,7 @@ export default defineConfig({
           include: ["test/mesh/**/*.test.ts"],
           ...timeouts,
           fileParallelism: false,
-          sequence: { groupOrder: 1 },
+          sequence: { groupOrder: 2 },
         },
       },
     ],

@@ -2,15 +2,17 @@
 // the definitions instead of calling Assign on every request. It answers exactly as the
 // Assign RPC (same pure assign()), reloads on every change announced on pub/sub, and
 // checks the change counter periodically in case a notice was missed.
-import type { Redis } from "ioredis";
 import { Counter, Gauge } from "prom-client";
 import type { Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
 import { createLogger, registry, type Logger } from "../kit/index.js";
 import { assign, compile, type AssignContext, type AssignResult, type CompiledDefinitions, type HoldoutSettings } from "./assignment.js";
-import { CHANGES_CHANNEL, ExperimentStore, closeRedis, connectRedis } from "./store.js";
+import { closeRedis, createRedis, waitUntilReady, type RedisClient } from "../kit/redis.js";
+import { CHANGES_CHANNEL, ExperimentStore, connectExperimentRedis } from "./store.js";
 
 export interface AssignerOptions {
   redisUrl: string;
+  /** REDIS_CLUSTER_NODES: Redis Cluster through these seed nodes (credentials and TLS from redisUrl). */
+  redisClusterNodes?: string | undefined;
   /** Global holdout in percent; must match the experiment service's HOLDOUT_PERCENT. */
   holdoutPercent?: number;
   /** Must match the experiment service's HOLDOUT_SALT. */
@@ -53,8 +55,9 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
   const log = options.log ?? createLogger("experiment-assigner");
   const commandTimeoutMs = options.commandTimeoutMs ?? 1_000;
   const holdout: HoldoutSettings = { percent: options.holdoutPercent ?? 0, salt: options.holdoutSalt ?? "global" };
-  const redis = await connectRedis(options.redisUrl, commandTimeoutMs, log);
-  let subscriber: Redis | undefined;
+  const settings = { REDIS_URL: options.redisUrl, REDIS_CLUSTER_NODES: options.redisClusterNodes };
+  const redis = await connectExperimentRedis(settings, commandTimeoutMs, "experiment-assigner", log);
+  let subscriber: RedisClient | undefined;
   const store = new ExperimentStore(redis, log);
 
   let loadedVersion = -1;
@@ -93,7 +96,8 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
 
   try {
     await refresh();
-    subscriber = await connectRedis(options.redisUrl, commandTimeoutMs, log);
+    subscriber = createRedis(settings, { commandTimeoutMs, name: "experiment-assigner-changes", subscriber: true, log });
+    await waitUntilReady(subscriber, Math.max(commandTimeoutMs, 2_000));
     subscriber.on("message", () => void refreshInBackground("change notice"));
     await subscriber.subscribe(CHANGES_CHANNEL);
     // Notices sent while the subscriber was disconnected are lost: reload on reconnect.

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { baseConfigShape } from "../kit/index.js";
+import { redisConfigShape } from "../kit/redis.js";
 
 /**
  * What the in-process assigner needs. The prediction service spreads this shape into
@@ -7,7 +8,7 @@ import { baseConfigShape } from "../kit/index.js";
  * same users.
  */
 export const assignerConfigShape = {
-  REDIS_URL: z.string().url().default("redis://127.0.0.1:6390"),
+  ...redisConfigShape,
   /** Percent of all users held out of every experiment (the global holdout), 0..100 in steps of 0.01. */
   HOLDOUT_PERCENT: z.coerce.number().min(0).max(100).default(0),
   /** Salt of the holdout hash; changing it holds out other users. */

@@ -3,15 +3,17 @@ import { createLogger, exitOnSignals, loadConfig, startServer } from "../kit/ind
 import { createAssigner } from "./assigner.js";
 import { experimentConfigShape } from "./config.js";
 import { experimentService } from "./handlers.js";
-import { ExperimentStore, closeRedis, connectRedis } from "./store.js";
+import { closeRedis } from "../kit/redis.js";
+import { ExperimentStore, connectExperimentRedis } from "./store.js";
 
 /** Starts the experiment service; ready once Redis answered and the definitions are loaded. */
 export async function startExperiment(env: Record<string, string | undefined> = process.env) {
   const config = loadConfig(experimentConfigShape, env);
   const log = createLogger("experiment", config.LOG_LEVEL);
-  const redis = await connectRedis(config.REDIS_URL, config.REDIS_COMMAND_TIMEOUT_MS, log);
+  const redis = await connectExperimentRedis(config, config.REDIS_COMMAND_TIMEOUT_MS, "experiment", log);
   const assigner = await createAssigner({
     redisUrl: config.REDIS_URL,
+    redisClusterNodes: config.REDIS_CLUSTER_NODES,
     holdoutPercent: config.HOLDOUT_PERCENT,
     holdoutSalt: config.HOLDOUT_SALT,
     refreshMs: config.EXPERIMENTS_REFRESH_MS,

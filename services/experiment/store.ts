@@ -3,10 +3,11 @@
 // deduplicated events and the per-variant aggregates GetResults reads. Every write of
 // events is one Lua script, so a batch is deduplicated and counted atomically.
 import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
-import { Redis, ReplyError } from "ioredis";
+import { ReplyError } from "ioredis";
 import { Counter } from "prom-client";
 import { ExperimentSchema, type Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
 import { Code, ConnectError, registry, statusError, type Logger } from "../kit/index.js";
+import { createRedis, describeRedis, waitUntilReady, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import type { VariantAggregate } from "./results.js";
 
 // Hash tags keep the keys a script touches in one Redis Cluster slot.
@@ -88,37 +89,16 @@ const eventsRecorded = new Counter({
   registers: [registry],
 });
 
-/** A Redis client that fails fast instead of queueing while disconnected. */
-export async function connectRedis(url: string, commandTimeoutMs: number, log: Logger): Promise<Redis> {
-  const redis = new Redis(url, {
-    lazyConnect: true,
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    commandTimeout: commandTimeoutMs,
-    connectTimeout: Math.max(commandTimeoutMs, 2_000),
-    retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
-  });
-  let reported = false;
-  redis.on("error", (err: Error) => {
-    if (!reported) log.warn({ err: err.message, url }, "redis connection error; reconnecting");
-    reported = true;
-  });
-  redis.on("ready", () => {
-    if (reported) log.info({ url }, "redis reconnected");
-    reported = false;
-  });
+/** A kit client, connected: rejects when Redis cannot be reached within the start budget. */
+export async function connectExperimentRedis(settings: RedisSettings, commandTimeoutMs: number, name: string, log: Logger): Promise<RedisClient> {
+  const redis = createRedis(settings, { commandTimeoutMs, name, log });
   try {
-    await redis.connect();
+    await waitUntilReady(redis, Math.max(commandTimeoutMs, 2_000));
   } catch (err) {
     redis.disconnect();
-    throw new Error(`cannot connect to Redis at ${url}: ${(err as Error).message}`);
+    throw new Error(`cannot connect to Redis at ${describeRedis(settings)}: ${(err as Error).message}`);
   }
   return redis;
-}
-
-/** Closes a client politely, or at once when the connection is down (a refused QUIT would leave it reconnecting). */
-export async function closeRedis(redis: Redis): Promise<void> {
-  await redis.quit().catch(() => redis.disconnect());
 }
 
 /** Redis failures as gRPC statuses: unreachable or slow -> UNAVAILABLE; a script error -> INTERNAL. */
@@ -161,7 +141,7 @@ export class ExperimentStore {
   private readonly scripts: Record<"writeDefinition" | "recordExposures" | "recordOutcomes", Script>;
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly log: Logger,
   ) {
     redis.defineCommand("experimentWriteDefinition", { lua: WRITE_DEFINITION });

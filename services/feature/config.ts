@@ -1,17 +1,13 @@
 import { hostname } from "node:os";
 import { z } from "zod";
 import { baseConfigShape, loadConfig } from "../kit/index.js";
+import { redisConfigShape } from "../kit/redis.js";
 
 const int = (min: number) => z.coerce.number().int().min(min);
 
 export const featureConfigShape = {
   ...baseConfigShape,
-  REDIS_URL: z.string().url().default("redis://127.0.0.1:6390"),
-  /** "host:port,host:port": use Redis Cluster through these seed nodes instead of REDIS_URL. */
-  REDIS_CLUSTER_NODES: z
-    .string()
-    .regex(/^[^,\s]+:\d+(,[^,\s]+:\d+)*$/, "expected host:port[,host:port...]")
-    .optional(),
+  ...redisConfigShape,
   /** A Redis command that has not answered by then fails (UNAVAILABLE), instead of hanging. */
   REDIS_COMMAND_TIMEOUT_MS: int(10).default(500),
   /**

@@ -1,60 +1,18 @@
-import { once } from "node:events";
-import { Cluster, Redis, type ChainableCommander, type RedisOptions } from "ioredis";
+import type { ChainableCommander } from "ioredis";
 import { Code, statusError } from "../kit/index.js";
+import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { defineScripts } from "./lua.js";
 
-export type RedisClient = Redis | Cluster;
+export { waitUntilReady, type RedisClient } from "../kit/redis.js";
 
-export interface RedisSettings {
-  REDIS_URL: string;
-  REDIS_CLUSTER_NODES?: string | undefined;
-  REDIS_COMMAND_TIMEOUT_MS: number;
-}
-
-/**
- * A client that fails fast instead of waiting: no offline queue (a command while
- * disconnected fails at once), one retry, and a command timeout for a Redis that
- * hangs. It reconnects in the background. Auto-pipelining sends the commands issued
- * in one tick as one write, per Cluster node, so a read of 200 entities is one round
- * trip without building pipelines by hand.
- */
-export function connectRedis(settings: RedisSettings, options: { commandTimeoutMs?: number; name?: string } = {}): RedisClient {
-  const redisOptions: RedisOptions = {
-    commandTimeout: options.commandTimeoutMs ?? settings.REDIS_COMMAND_TIMEOUT_MS,
-    maxRetriesPerRequest: 1,
-    enableOfflineQueue: false,
-    enableAutoPipelining: true,
-    connectionName: options.name,
-    retryStrategy: (attempt) => Math.min(attempt * 100, 1_000),
-  };
-  const client = settings.REDIS_CLUSTER_NODES
-    ? new Cluster(
-        settings.REDIS_CLUSTER_NODES.split(",").map((node) => {
-          const [host, port] = node.split(":");
-          return { host: host!, port: Number(port) };
-        }),
-        {
-          redisOptions,
-          enableOfflineQueue: false,
-          enableAutoPipelining: true,
-          clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1_000),
-        },
-      )
-    : new Redis(settings.REDIS_URL, redisOptions);
-  // Connection errors surface as failed commands and health; the event needs a listener.
-  client.on("error", () => undefined);
+/** A client of the kit's (single node or cluster, fail-fast) with the feature service's Lua scripts registered. */
+export function connectRedis(
+  settings: RedisSettings & { REDIS_COMMAND_TIMEOUT_MS: number },
+  options: { commandTimeoutMs?: number; name?: string } = {},
+): RedisClient {
+  const client = createRedis(settings, { commandTimeoutMs: options.commandTimeoutMs ?? settings.REDIS_COMMAND_TIMEOUT_MS, name: options.name });
   defineScripts(client);
   return client;
-}
-
-/** Resolves once the client is connected (for tools that need Redis before doing anything). */
-export async function waitUntilReady(client: RedisClient, timeoutMs: number): Promise<void> {
-  if (client.status === "ready") return;
-  try {
-    await once(client, "ready", { signal: AbortSignal.timeout(timeoutMs) });
-  } catch {
-    throw new Error(`Redis not reachable within ${timeoutMs} ms`);
-  }
 }
 
 /** Runs a MULTI (or pipeline) and returns its replies, throwing the first command error. */

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { ConfigError, baseConfigShape, loadConfig } from "../kit/index.js";
+import { redisConfigShape } from "../kit/redis.js";
 
 const positiveInt = (fallback: number, max: number) => z.coerce.number().int().min(1).max(max).default(fallback);
 
@@ -12,7 +13,7 @@ export const retrievalConfigShape = {
   /** Saved index snapshots and the upsert/delete log, per embeddings version. */
   RETRIEVAL_DATA_DIR: z.string().min(1).default(".run/retrieval"),
   /** Popular and trending lists maintained by the feature service. */
-  REDIS_URL: z.string().url().default("redis://127.0.0.1:6390"),
+  ...redisConfigShape,
   /** A popular-list read slower than this falls back to the catalogue's static popularity. */
   REDIS_TIMEOUT_MS: positiveInt(100, 10_000),
   HNSW_M: z.coerce.number().int().min(4).max(64).default(16),

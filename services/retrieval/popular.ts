@@ -1,6 +1,6 @@
 import { ALL_CATEGORIES, rankedListKey, type RankedListKind } from "../kit/ranked-lists.js";
-import { Redis } from "ioredis";
 import type { Logger } from "../kit/index.js";
+import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import type { CatalogItem } from "./artifacts.js";
 import { popularFallbacks } from "./metrics.js";
 
@@ -46,28 +46,23 @@ export function staticPopularity(catalog: readonly CatalogItem[]): Map<string, R
 
 /**
  * Popular and trending lists: Redis sorted sets the feature service maintains
- * (recsys:<popular|trending>:<category|all>, higher score first), read in one
- * pipelined round trip. When Redis is down, slow or a list is empty, that list comes
+ * (recsys:<popular|trending>:<category|all>, higher score first), read together
+ * (auto-pipelined: one round trip per node, since on Redis Cluster the lists live in
+ * different slots). When Redis is down, slow or a list is empty, that list comes
  * from the catalogue's static popularity instead: a degraded answer, never an error.
  */
 export class PopularLists {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private redisDown = false;
 
   constructor(
-    redisUrl: string,
+    settings: RedisSettings,
     timeoutMs: number,
     private readonly fallback: Map<string, RankedItem[]>,
     private readonly log: Logger,
   ) {
-    this.redis = new Redis(redisUrl, {
-      // Fail fast while disconnected instead of queueing: the fallback answers at once.
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      commandTimeout: timeoutMs,
-      retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
-    });
-    this.redis.on("error", () => undefined); // failures are reported per read, below
+    // Fail fast, no resend: the fallback answers at once. Failures are reported per read, below.
+    this.redis = createRedis(settings, { commandTimeoutMs: timeoutMs, name: "retrieval-popular", maxRetriesPerRequest: 0 });
     this.redis.on("ready", () => {
       if (this.redisDown) this.log.info("redis is back: popular lists come from it again");
       this.redisDown = false;
@@ -76,19 +71,11 @@ export class PopularLists {
 
   /** Up to `count` items of each list, best first, in request order. */
   async read(requests: readonly ListRequest[], count: number): Promise<RankedList[]> {
-    let replies: ([Error | null, unknown] | undefined)[] = [];
-    let failure: Error | undefined;
-    try {
-      const pipeline = this.redis.pipeline();
-      for (const request of requests) pipeline.zrevrange(listKey(request), 0, count - 1, "WITHSCORES");
-      replies = (await pipeline.exec()) ?? [];
-    } catch (err) {
-      failure = err as Error;
-    }
+    const replies = await Promise.allSettled(requests.map((request) => this.redis.zrevrange(listKey(request), 0, count - 1, "WITHSCORES")));
     return requests.map((request, i) => {
-      const [err, reply] = replies[i] ?? [failure ?? new Error("no reply"), undefined];
-      if (err) return this.fromCatalog(request, count, "redis_unavailable", err);
-      const flat = reply as string[];
+      const reply = replies[i]!;
+      if (reply.status === "rejected") return this.fromCatalog(request, count, "redis_unavailable", reply.reason as Error);
+      const flat = reply.value;
       if (flat.length === 0) return this.fromCatalog(request, count, "empty");
       const items: RankedItem[] = [];
       for (let j = 0; j + 1 < flat.length; j += 2) items.push({ itemId: flat[j]!, score: Number(flat[j + 1]) });

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Device, Platform } from "../../../gen/recsys/common/v1/common_pb.js";
 import { ExperimentService, ExperimentStatus, type Experiment, type VariantConfig } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { createAssigner, type Assigner } from "../assigner.js";
 import type { AssignmentResult } from "../assignment.js";
@@ -35,7 +35,7 @@ const summary = (a: Omit<AssignmentResult, "config"> & { config?: VariantConfig 
   `${a.layer}/${a.experimentId}=${a.variant}${a.forced ? "(forced)" : ""}@${a.config?.modelVersion ?? ""}`;
 
 describe("experiment service over gRPC with a real Redis", () => {
-  let redis: TestRedis;
+  let redis: TestRedisTarget;
   let server: RunningServer;
   let client: ReturnType<typeof createServiceClient<typeof ExperimentService>>;
   let library: Assigner;
@@ -43,13 +43,13 @@ describe("experiment service over gRPC with a real Redis", () => {
   const createExperiment = async (init: ExperimentInit): Promise<Experiment> => (await client.createExperiment({ experiment: init }, admin)).experiment!;
 
   beforeAll(async () => {
-    redis = await startRedis();
-    const env = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN, HOLDOUT_PERCENT: "3", EXPERIMENTS_REFRESH_MS: "60000" };
+    redis = await startTestRedis();
+    const env = { GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN, HOLDOUT_PERCENT: "3", EXPERIMENTS_REFRESH_MS: "60000" };
     server = await startExperiment(env);
     client = createServiceClient(ExperimentService, `127.0.0.1:${server.port}`);
     // The prediction service's view: its own connections and cache; the periodic refresh is
     // far away, so only the pub/sub notice can bring it changes during the test.
-    library = await createAssigner({ redisUrl: redis.url, holdoutPercent: 3, refreshMs: 60_000 });
+    library = await createAssigner({ redisUrl: redis.env.REDIS_URL, redisClusterNodes: redis.env.REDIS_CLUSTER_NODES, holdoutPercent: 3, refreshMs: 60_000 });
   });
   afterAll(async () => {
     await library?.close();
@@ -322,7 +322,7 @@ describe("experiment service over gRPC with a real Redis", () => {
 
   describe("when Redis goes away", () => {
     it("recording fails fast with UNAVAILABLE while Assign keeps answering from the cached definitions", async () => {
-      await redis.stop(true);
+      await redis.kill();
       // A generous deadline: a store that waited for Redis would end in DEADLINE_EXCEEDED.
       const err = await failure(client.recordExposures({ exposures: [{ exposureId: "late", experimentId: "dedup", variant: "control", userId: "z" }] }, { timeoutMs: 15_000 }));
       expect(err.code).toBe(Code.Unavailable);

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "../../../gen/recsys/common/v1/common_pb.js";
 import { FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
 import { startProcess, type Started } from "../../../scripts/processes.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { GROUP } from "../aggregator.js";
 import { streamFeatures } from "../aggregation.js";
@@ -49,7 +49,7 @@ function makeEvents(count: number, now: number): EventInit[] {
 }
 
 interface Deployment {
-  redis: TestRedis;
+  redis: TestRedisTarget;
   server: RunningServer;
   client: Client<typeof FeatureService>;
   store: RedisClient;
@@ -71,9 +71,9 @@ describe("aggregator exactly-once under crashes", () => {
   };
 
   async function deploy(inProcess: boolean): Promise<Deployment> {
-    const redis = await startRedis();
-    const server = await startFeatureService({ ...baseEnv, LOG_LEVEL: "silent", REDIS_URL: redis.url, AGGREGATOR_IN_PROCESS: String(inProcess), AGGREGATOR_WORKERS: "2" });
-    const store = connectRedis({ REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
+    const redis = await startTestRedis();
+    const server = await startFeatureService({ ...baseEnv, LOG_LEVEL: "silent", ...redis.env, AGGREGATOR_IN_PROCESS: String(inProcess), AGGREGATOR_WORKERS: "2" });
+    const store = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
     await waitUntilReady(store, 5_000);
     await serving(server.port);
     return { redis, server, store, client: createServiceClient(FeatureService, `127.0.0.1:${server.port}`) };
@@ -87,7 +87,7 @@ describe("aggregator exactly-once under crashes", () => {
     return startProcess("node", ["--import", "tsx", "services/feature/aggregator.ts"], {
       env: {
         ...baseEnv,
-        REDIS_URL: crashing.redis.url,
+        ...crashing.redis.env,
         AGGREGATOR_CONSUMER_NAME: consumer,
         AGGREGATOR_WORKERS: "2",
         AGGREGATOR_BATCH_SIZE: "50",

@@ -1,11 +1,10 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCommand, startProcess } from "../../../scripts/processes.js";
 import { ROOT } from "../../../scripts/tools.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { materialize } from "../materialize.js";
 import { connectRedis, waitUntilReady, type RedisClient } from "../redis.js";
 import { findView, type BatchView } from "../registry.js";
@@ -22,9 +21,9 @@ const userLine = (n: number) =>
 
 describe("materialize: JSON lines into the online store", () => {
   const dir = mkdtempSync(join(tmpdir(), "feature-materialize-"));
-  let redis: TestRedis;
+  let redis: TestRedisTarget;
   let client: RedisClient;
-  let raw: Redis;
+  let raw: RedisClient;
   let store: OnlineStore;
   const userProfile = findView("user_profile") as BatchView;
 
@@ -33,14 +32,16 @@ describe("materialize: JSON lines into the online store", () => {
     writeFileSync(path, `${lines.join("\n")}\n`);
     return path;
   };
-  const cli = (...args: string[]) => runCommand("node", ["--import", "tsx", "services/feature/materialize.ts", ...args, "--redis-url", redis.url], 60_000);
+  // The command reads the Redis to use from its environment, as the server does.
+  const command = (...args: string[]) => [...Object.entries(redis.env).map(([name, value]) => `${name}=${value}`), "node", "--import", "tsx", "services/feature/materialize.ts", ...args];
+  const cli = (...args: string[]) => runCommand("env", command(...args), 60_000);
   const stored = async (ids: string[]) => (await store.readRows(userProfile, ids)).map((row) => row?.values.get("user_log_events")?.kind.value);
 
   beforeAll(async () => {
-    redis = await startRedis();
-    client = connectRedis({ REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
+    redis = await startTestRedis();
+    client = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
     await waitUntilReady(client, 5_000);
-    raw = new Redis(redis.url);
+    raw = redis.client();
     store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
   });
 
@@ -109,10 +110,10 @@ describe("materialize: JSON lines into the online store", () => {
 
   it("resumes after a crash from the last committed line", async () => {
     const path = file("big.jsonl", Array.from({ length: 100_000 }, (_, i) => userLine(200_000 + i)));
-    for (const key of await raw.keys("recsys:materialize:checkpoint:*")) await raw.del(key);
-    const proc = await startProcess("node", ["--import", "tsx", "services/feature/materialize.ts", path, "--batch-size", "500", "--redis-url", redis.url]);
+    for (const key of await redis.keys("recsys:materialize:checkpoint:*")) await raw.del(key);
+    const proc = await startProcess("env", command(path, "--batch-size", "500"));
     const checkpoint = await eventually(async () => {
-      const [key] = await raw.keys("recsys:materialize:checkpoint:*");
+      const [key] = await redis.keys("recsys:materialize:checkpoint:*");
       const line = Number(key ? await raw.get(key) : 0);
       expect(line).toBeGreaterThan(0);
       return line;

@@ -1,12 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
-import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Device, EventType, FeatureValueSchema, Platform } from "../../../gen/recsys/common/v1/common_pb.js";
 import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { EntityType, FeatureService, FeatureStatus } from "../../../gen/recsys/feature/v1/feature_pb.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
+import type { RedisClient } from "../../kit/redis.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { startFeatureService } from "../server.js";
 import { event, eventually, healthProbe, metric, readOne, scrape, serving, type EventInit } from "./helpers.js";
@@ -24,22 +24,22 @@ async function failure(call: Promise<unknown>): Promise<ConnectError> {
 }
 
 describe("feature service on a real Redis", () => {
-  let redis: TestRedis;
+  let redis: TestRedisTarget;
   let server: RunningServer;
   let client: Client<typeof FeatureService>;
-  let raw: Redis;
+  let raw: RedisClient;
 
   beforeAll(async () => {
-    redis = await startRedis();
+    redis = await startTestRedis();
     server = await startFeatureService({
-      REDIS_URL: redis.url,
+      ...redis.env,
       GRPC_PORT: "0",
       METRICS_PORT: "0",
       LOG_LEVEL: "silent",
       POPULAR_PUBLISH_INTERVAL_MS: "100",
     });
     client = createServiceClient(FeatureService, `127.0.0.1:${server.port}`);
-    raw = new Redis(redis.url);
+    raw = redis.client();
     raw.on("error", () => undefined); // the last test stops Redis under it
     await serving(server.port);
   });
@@ -366,7 +366,7 @@ describe("feature service on a real Redis", () => {
 
   // Last: it takes Redis away.
   it("answers UNAVAILABLE at once and turns NOT_SERVING when Redis goes away, then recovers", async () => {
-    await redis.stop(true);
+    await redis.kill();
     // A generous deadline: a store that waited for Redis would end in DEADLINE_EXCEEDED.
     const err = await failure(client.getOnlineFeatures({ itemIds: ["uncached-item"], featureRefs: ["item_profile"] }, { timeoutMs: 15_000 }));
     expect(err.code).toBe(Code.Unavailable);
@@ -375,7 +375,7 @@ describe("feature service on a real Redis", () => {
     expect(ingest.code).toBe(Code.Unavailable);
     expect((await healthProbe(server.port)).output).toMatch(/NOT_SERVING/);
 
-    redis = await startRedis(redis.port);
+    await redis.restart();
     await serving(server.port);
     expect((await client.getOnlineFeatures({ itemIds: ["uncached-item"], featureRefs: ["item_profile"] })).items).toHaveLength(1);
   });

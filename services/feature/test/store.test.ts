@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { fromFeatureValue } from "../codec.js";
 import { connectRedis, waitUntilReady, type RedisClient } from "../redis.js";
 import type { BatchView, JsonFeatureValue } from "../registry.js";
@@ -33,12 +33,12 @@ const values: Record<string, JsonFeatureValue> = {
 };
 
 describe("online store on a real Redis", () => {
-  let redis: TestRedis;
+  let redis: TestRedisTarget;
   let client: RedisClient;
 
   beforeAll(async () => {
-    redis = await startRedis();
-    client = connectRedis({ REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 2_000 });
+    redis = await startTestRedis();
+    client = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 2_000 });
     await waitUntilReady(client, 5_000);
   });
 

@@ -4,9 +4,9 @@ import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Client } from "@connectrpc/connect";
-import { Redis } from "ioredis";
 import { CandidateSource, PopularKind, RetrievalService, type Candidate } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
+import type { RedisClient } from "../../kit/redis.js";
 import type { RetrievalServer } from "../server.js";
 import { startRetrieval, tempDir } from "./helpers.js";
 import { syntheticCatalogue, writeModels } from "./synthetic.js";
@@ -22,23 +22,23 @@ const metric = (metrics: string, prefix: string) =>
 
 describe("candidates and popular lists with Redis", () => {
   const dir = tempDir("candidates");
-  let redis: TestRedis;
-  let writer: Redis;
+  let redis: TestRedisTarget;
+  let writer: RedisClient;
   let server: RetrievalServer;
   let client: Client<typeof RetrievalService>;
   const scrape = async () => (await fetch(`http://127.0.0.1:${server.metricsPort}/metrics`)).text();
 
   beforeAll(async () => {
     writeModels(join(dir, "models"), catalogue);
-    redis = await startRedis();
-    writer = new Redis(redis.url);
+    redis = await startTestRedis();
+    writer = redis.client();
     // ghost-item is in the feature service's list but not in the index: never returned.
     await writer.zadd("recsys:popular:all", 1000, "ghost-item", ...Array.from({ length: 10 }, (_, i) => [100 - i, `item-${500 + i}`]).flat());
     await writer.zadd("recsys:popular:cat-2", 5, "item-1100", 4, "item-1106", 3, "item-1112");
     // item-5 is cat-5: a list the filter must still check.
     await writer.zadd("recsys:trending:cat-4", 9, "item-5", 8, "item-10", 7, "item-4");
     await writer.zadd("recsys:trending:all", ...Array.from({ length: 5 }, (_, i) => [50 - i, `item-${700 + i}`]).flat());
-    ({ server, client } = await startRetrieval({ MODELS_DIR: join(dir, "models"), RETRIEVAL_DATA_DIR: join(dir, "data"), REDIS_URL: redis.url, METRICS_PORT: "0", EXACT_SEARCH_BELOW: "0" }));
+    ({ server, client } = await startRetrieval({ MODELS_DIR: join(dir, "models"), RETRIEVAL_DATA_DIR: join(dir, "data"), ...redis.env, METRICS_PORT: "0", EXACT_SEARCH_BELOW: "0" }));
   });
   afterAll(async () => {
     writer?.disconnect();
@@ -126,7 +126,7 @@ describe("candidates and popular lists with Redis", () => {
   it("keeps answering from the catalogue when Redis is down, and says so in /metrics", async () => {
     const before = metric(await scrape(), 'recsys_retrieval_popular_fallback_total{kind="popular",reason="redis_unavailable"}');
     writer.disconnect();
-    await redis.stop(true);
+    await redis.kill();
     const popular = await client.getPopular({ k: 3 });
     expect(ids(popular.candidates)).toEqual(["item-0", "item-1", "item-2"]);
     const candidates = await client.getCandidates({ userId: "user-1", k: 50 });
