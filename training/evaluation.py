@@ -131,6 +131,24 @@ def ndcg_per_list(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k:
     return np.array(vals, dtype=np.float64)
 
 
+def ctr_per_list(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = K_NDCG):
+    """Share of clicked impressions among the top min(k, list length) by score, per
+    group, over the same groups as ndcg_per_list (ties by impression order): the
+    click-through rate of the first k slots had the model ordered the list."""
+    order = np.lexsort((np.arange(len(groups)), -scores.astype(np.float64), groups))
+    g, lab = groups[order], labels[order].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(g)]
+    vals = []
+    for s, e in zip(starts, ends):
+        rel = lab[s:e]
+        npos = rel.sum()
+        if npos == 0 or npos == len(rel):
+            continue
+        vals.append(rel[:k].mean())
+    return np.array(vals, dtype=np.float64)
+
+
 def auc(y, s) -> float:
     from sklearn.metrics import roc_auc_score
 

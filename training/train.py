@@ -45,6 +45,7 @@ from features import (  # noqa: E402
     impressions,
 )
 import evaluation as evl  # noqa: E402
+import monitoring  # noqa: E402
 import onnx_export as ox  # noqa: E402
 import rankers  # noqa: E402
 
@@ -340,6 +341,7 @@ def main(argv=None) -> int:
         rank_metrics[n] = {
             "ndcg@10": r6(ndcg_ci[n]["mean"]),
             "auc": r6(aucs[n]),
+            "ctr@10": r6(evl.ctr_per_list(imp_va.u, y_va, rank_scores[n]).mean()),
             "logloss": r6(evl.logloss(y_va, rank_scores[n])),
             "lists": n_lists,
             "impressions": int(len(y_va)),
@@ -377,6 +379,10 @@ def main(argv=None) -> int:
         "ranker-mlp": ("sklearn-mlp", {"scikit-learn": pkg_version("scikit-learn"), "onnx": pkg_version("onnx")}, {**mlp_params, "seed": seed, "standardization": "in-graph (Sub, Mul)", "search": mlp_log}),
         "ranker-mlp-int8": ("sklearn-mlp+onnxruntime-int8", {"onnxruntime": pkg_version("onnxruntime")}, {"quantization": "dynamic", "weight_type": "int8", "activations": "uint8 (dynamic)", "per_channel": False, "source": f"ranker-mlp/{ver}"}),
     }
+    reference = monitoring.feature_reference(
+        X_tr, FEATURES,
+        f"the rankers' training rows: views in [{iso(t_label)}, {iso(t_split)}) with batch features from [{iso(t0)}, {iso(t_label)})",
+    )
     for n in RANKER_NAMES:
         path = os.path.join(dirs[n], "model.onnx")
         framework, versions, params = fw[n]
@@ -396,6 +402,8 @@ def main(argv=None) -> int:
             "size_bytes": os.path.getsize(path),
             "training_data": training_data,
         })
+        # beside the manifest, so the model and its manifest stay as they were
+        write_json(os.path.join(dirs[n], "reference.json"), reference)
 
     edir = fresh_dir(os.path.join(out, "embeddings", ver))
     Vn.astype("<f4").tofile(os.path.join(edir, "items.f32"))
@@ -513,6 +521,10 @@ def main(argv=None) -> int:
     # a larger fixed input set for the FP32-vs-INT8 benchmarks (Python and TS use the same rows)
     bench_rows = np.sort(np.random.default_rng(seed + 2000).choice(len(X_va), size=min(2000, len(X_va)), replace=False))
     X_va[bench_rows].astype("<f4").tofile(os.path.join(pdir, "bench_features.f32"))
+    # a held-out slice of the log to replay as live traffic (online accuracy)
+    replay, replay_rows = monitoring.replay_slice(ev, imp_va, X_va, seed)
+    write_jsonl(os.path.join(pdir, "replay.jsonl"), replay)
+    replay_rows.tofile(os.path.join(pdir, "replay_features.f32"))
     bdir = fresh_dir(os.path.join(pdir, "bad-manifest"))
     w = np.linspace(-0.5, 0.5, N_FEATURES)
     bad_model = ox.linear_to_onnx(w, 0.0, {"name": "ranker-bad"}, "tiny fixture: model takes 14 features, its manifest claims 13")

@@ -29,6 +29,41 @@ const manifestSchema = z.looseObject({
 });
 export type ModelManifest = z.infer<typeof manifestSchema>;
 
+/**
+ * One input feature's distribution in the rows the model was trained on
+ * (models/<name>/<version>/reference.json, written by training/monitoring.py): bin
+ * k holds edges[k-1] <= x < edges[k] (bin 0 everything below edges[0], the last bin
+ * everything from the last edge up), `proportions` the share of finite values in
+ * each bin, `missingRate` the share of non-finite values.
+ */
+export interface FeatureReference {
+  name: string;
+  edges: number[];
+  proportions: number[];
+  missingRate: number;
+}
+
+/** What drift is measured against, feature by feature in the model's input column order. */
+export interface ModelReference {
+  /** Training rows the reference was computed from. */
+  rows: number;
+  features: FeatureReference[];
+}
+
+const SHARE_SUM_TOLERANCE = 1e-3;
+
+const referenceSchema = z.looseObject({
+  rows: z.number().int().positive(),
+  features: z.array(
+    z.object({
+      name: z.string().min(1),
+      edges: z.array(z.number()),
+      proportions: z.array(z.number().min(0).max(1)),
+      missing_rate: z.number().min(0).max(1),
+    }),
+  ),
+});
+
 /** A model that cannot be served, with the model and the reason in the message. */
 export class ModelLoadError extends Error {
   override name = "ModelLoadError";
@@ -95,9 +130,50 @@ export interface ModelFile {
   inputName: string;
   outputName: string;
   featureCount: number;
+  /** The training distribution of each input feature; undefined for a model without reference.json. */
+  reference: ModelReference | undefined;
 }
 
-/** Reads and verifies models/<name>/<version>/ (manifest.json + model.onnx). */
+/**
+ * Reads models/<name>/<version>/reference.json when there is one (older models have
+ * none: undefined), and refuses one that does not describe the model's features in
+ * its column order with increasing edges and shares that sum to 1: a broken
+ * reference is found at load, not by a drift alert that never fires.
+ */
+export function readModelReference(dir: string, id: string, featureNames: string[]): ModelReference | undefined {
+  const path = join(dir, "reference.json");
+  if (!existsSync(path)) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new ModelLoadError(id, `reference.json is not JSON: ${(err as Error).message}`);
+  }
+  const parsed = referenceSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new ModelLoadError(id, `invalid reference.json: ${issues}`);
+  }
+  const names = parsed.data.features.map((f) => f.name);
+  if (names.join() !== featureNames.join()) {
+    throw new ModelLoadError(id, `reference.json describes features [${names.join(", ")}], the manifest lists [${featureNames.join(", ")}]`);
+  }
+  const problems = parsed.data.features.flatMap(({ name, edges, proportions }) => {
+    const found: string[] = [];
+    if (!edges.every((e, k) => Number.isFinite(e) && (k === 0 || e > edges[k - 1]!))) found.push(`${name}: edges must be finite and increasing`);
+    if (proportions.length !== edges.length + 1) found.push(`${name}: ${edges.length} edges need ${edges.length + 1} proportions, not ${proportions.length}`);
+    const sum = proportions.reduce((a, b) => a + b, 0);
+    if (Math.abs(sum - 1) > SHARE_SUM_TOLERANCE) found.push(`${name}: proportions sum to ${sum}, not 1`);
+    return found;
+  });
+  if (problems.length > 0) throw new ModelLoadError(id, `invalid reference.json: ${problems.join("; ")}`);
+  return {
+    rows: parsed.data.rows,
+    features: parsed.data.features.map((f) => ({ name: f.name, edges: f.edges, proportions: f.proportions, missingRate: f.missing_rate })),
+  };
+}
+
+/** Reads and verifies models/<name>/<version>/ (manifest.json + model.onnx, and reference.json when present). */
 export function readModelFile(dir: string): ModelFile {
   let id = `${basename(dirname(dir))}@${basename(dir)}`;
   const manifestPath = join(dir, "manifest.json");
@@ -133,7 +209,8 @@ export function readModelFile(dir: string): ModelFile {
   if (digest !== manifest.sha256.toLowerCase()) {
     throw new ModelLoadError(id, `model.onnx sha256 ${digest} does not match the manifest's ${manifest.sha256}`);
   }
-  return { name, version, id, manifest, bytes, inputName: input.name, outputName: manifest.outputs[0]!.name, featureCount: input.shape[1]! };
+  const reference = manifest.features ? readModelReference(dir, id, manifest.features) : undefined;
+  return { name, version, id, manifest, bytes, inputName: input.name, outputName: manifest.outputs[0]!.name, featureCount: input.shape[1]!, reference };
 }
 
 /** Throws a ModelLoadError listing every way the ONNX graph's inputs and outputs disagree with the manifest. */
@@ -166,12 +243,13 @@ export class OnnxModel {
   readonly id: string;
   readonly manifest: ModelManifest;
   readonly featureCount: number;
+  readonly reference: ModelReference | undefined;
 
   private constructor(
     private readonly file: ModelFile,
     private readonly session: ort.InferenceSession,
   ) {
-    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount } = file);
+    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount, reference: this.reference } = file);
   }
 
   /** Loads models/<name>/<version>/ (the directory holding model.onnx and manifest.json). */
