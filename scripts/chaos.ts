@@ -15,16 +15,22 @@ import { ConnectError, Code } from "@connectrpc/connect";
 import { FallbackLevel, PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { ghz } from "../bench/harness.js";
+import { setRuntime } from "./envoy-admin.js";
 import { startMesh, waitEdgeHealthy, waitEnvoyReady, waitRedis, waitServing, type Mesh, type RunningInstance } from "./mesh.js";
 import { loadGeneratorAuth } from "./token.js";
 import { ROOT } from "./tools.js";
 
-/** A process to kill, how to tell it serves again, and the best answer the rest of the mesh can still give. */
+/**
+ * A process to kill (or, for "aborts", a share of calls its sidecar fails on purpose),
+ * how to tell it serves again, and the best answer the rest of the mesh can still give.
+ */
 export interface Fault {
   name: string;
-  kind: "app" | "sidecar" | "redis";
-  /** Instance id for app and sidecar faults. */
+  kind: "app" | "sidecar" | "redis" | "aborts";
+  /** Instance id for app, sidecar and aborts faults. */
   instance?: string;
+  /** For "aborts": the percentage of calls the instance's sidecar aborts (runtime chaos.abort_percent) from the fault to the end of the load. */
+  abortPercent?: number;
   /** The best rung Predict can reach while this process is down (bypassing the cache). */
   requires: FallbackLevel;
 }
@@ -37,6 +43,9 @@ export const faults: Fault[] = [
   { name: "prediction-v2 app", kind: "app", instance: "prediction-v2", requires: FallbackLevel.PRIMARY },
   { name: "redis", kind: "redis", requires: FallbackLevel.SIMPLIFIED },
   { name: "prediction-v1 sidecar (the edge's upstream)", kind: "sidecar", instance: "prediction-v1", requires: FallbackLevel.PRIMARY },
+  // Retrieval still answers most calls: outlier detection must not eject its only host
+  // into "no healthy upstream", and a failed call falls to POPULAR, not STATIC.
+  { name: "30% aborts on retrieval's sidecar", kind: "aborts", instance: "retrieval", abortPercent: 30, requires: FallbackLevel.POPULAR },
 ];
 
 /** The rungs a call that bypasses the cache can land on, best first (CACHED needs the cache). */
@@ -93,6 +102,14 @@ function instance(mesh: Mesh, id: string): RunningInstance {
   return found;
 }
 
+/** Applies the fault: SIGKILL, or aborts switched on at the sidecar. */
+async function inject(mesh: Mesh, fault: Fault): Promise<void> {
+  if (fault.kind === "aborts") return setRuntime(sidecarAdmin(mesh, fault), { "chaos.abort_percent": fault.abortPercent! });
+  process.kill(pidOf(mesh, fault), "SIGKILL");
+}
+
+const sidecarAdmin = (mesh: Mesh, fault: Fault) => `http://127.0.0.1:${instance(mesh, fault.instance!).sidecarAdminPort}`;
+
 function pidOf(mesh: Mesh, fault: Fault): number {
   const pid = fault.kind === "redis" ? mesh.redis?.pid : fault.kind === "app" ? instance(mesh, fault.instance!).app.pid : instance(mesh, fault.instance!).sidecar.pid;
   if (!pid) throw new Error(`${fault.name} is not running`);
@@ -102,6 +119,7 @@ function pidOf(mesh: Mesh, fault: Fault): number {
 /** Resolves once the killed process serves again: the app's health, the sidecar's /ready, Redis's PING. */
 async function serving(mesh: Mesh, fault: Fault, timeoutMs: number): Promise<void> {
   if (fault.kind === "redis") return waitRedis(mesh.redisUrl, timeoutMs);
+  if (fault.kind === "aborts") throw new Error("aborts last until the load ends");
   const i = instance(mesh, fault.instance!);
   if (fault.kind === "app") return waitServing(`127.0.0.1:${i.appPort}`, "", timeoutMs);
   return waitEnvoyReady(`http://127.0.0.1:${i.sidecarAdminPort}`, timeoutMs);
@@ -132,7 +150,7 @@ class RungCounter {
   }
 }
 
-/** Kills one process with SIGKILL under load and measures what callers saw. */
+/** Kills one process with SIGKILL (or switches on aborts) under load and measures what callers saw. */
 export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOptions): Promise<FaultResult> {
   const dataFile = join(options.dataDir, "users.json");
   writeFileSync(dataFile, JSON.stringify(Array.from({ length: options.users }, (_, i) => ({ user_id: user(i), num_predictions: 10 }))));
@@ -173,16 +191,20 @@ export async function runFault(mesh: Mesh, fault: Fault, options: FaultRunOption
 
   await new Promise((r) => setTimeout(r, options.killAfterS * 1000));
   const killedMs = performance.now() - start;
-  process.kill(pidOf(mesh, fault), "SIGKILL");
+  await inject(mesh, fault);
+  if (fault.kind === "aborts") sampleUntil = endAt;
   // Let the process die before asking whether it serves again.
   await new Promise((r) => setTimeout(r, 100));
-  const back = serving(mesh, fault, 60_000).then(
-    () => performance.now() - start - killedMs,
-    () => null,
-  );
-  void back.then((ms) => (sampleUntil = Math.max(endAt, start + killedMs + (ms === null ? 60_000 : ms + options.settleS * 1000))));
+  const back = fault.kind === "aborts"
+    ? Promise.resolve(null)
+    : serving(mesh, fault, 60_000).then(
+        () => performance.now() - start - killedMs,
+        () => null,
+      );
+  if (fault.kind !== "aborts") void back.then((ms) => (sampleUntil = Math.max(endAt, start + killedMs + (ms === null ? 60_000 : ms + options.settleS * 1000))));
 
   const [report] = await Promise.all([load, ...samplers]);
+  if (fault.kind === "aborts") await setRuntime(sidecarAdmin(mesh, fault), { "chaos.abort_percent": 0 });
   const backMs = await back;
   scraping = false;
   await scraper;
@@ -221,15 +243,17 @@ const fmt = (counts: Record<string, number>) =>
     .map(([k, n]) => `${k} ${n}`)
     .join(", ") || "none";
 const seconds = (ms: number | null) => (ms === null ? "not within the run" : `${(ms / 1000).toFixed(1)} s`);
+/** A killed process's restart time; aborts end with the load, nothing restarts. */
+const backCell = (r: FaultResult) => (r.fault.kind === "aborts" ? "n/a (aborts until the load ends)" : seconds(r.backMs));
 
 export function chaosTable(results: FaultResult[]): string {
   const rows = results.map((r) => {
     const allowed = levelName(oneRungBelow(r.fault.requires));
     const within = r.worst !== "error" && liveLadder.map(levelName).indexOf(r.worst) <= liveLadder.map(levelName).indexOf(allowed);
-    return `| ${r.fault.name} | ${fmt(r.edgeCodes)} | ${fmt(r.sampled)} | ${fmt(r.answersByRung)} | ${levelName(r.fault.requires)} (worst allowed ${allowed}): ${within ? "yes" : "**no**"} | ${seconds(r.primaryAgainMs)} | ${seconds(r.backMs)} |`;
+    return `| ${r.fault.name} | ${fmt(r.edgeCodes)} | ${fmt(r.sampled)} | ${fmt(r.answersByRung)} | ${levelName(r.fault.requires)} (worst allowed ${allowed}): ${within ? "yes" : "**no**"} | ${r.fault.kind === "aborts" ? "n/a" : seconds(r.primaryAgainMs)} | ${backCell(r)} |`;
   });
   return [
-    "| killed (SIGKILL) | edge calls by code (ghz) | sampled Predict after the kill (bypass_cache) | all answers by rung (/metrics) | best rung possible: within one rung? | PRIMARY again after | process back after |",
+    "| fault | edge calls by code (ghz) | sampled Predict after the kill (bypass_cache) | all answers by rung (/metrics) | best rung possible: within one rung? | PRIMARY again after | process back after |",
     "|---|---|---|---|---|---|---|",
     ...rows,
   ].join("\n");
@@ -262,7 +286,7 @@ async function main() {
     for (const fault of chosen) {
       console.log(`killing ${fault.name} under ${options.rps} rps for ${options.durationS} s...`);
       const result = await runFault(mesh, fault, { ...options, dataDir: runDir });
-      console.log(`  edge: ${fmt(result.edgeCodes)}; sampled: ${fmt(result.sampled)}; PRIMARY again ${seconds(result.primaryAgainMs)}; back ${seconds(result.backMs)}`);
+      console.log(`  edge: ${fmt(result.edgeCodes)}; sampled: ${fmt(result.sampled)}; PRIMARY again ${seconds(result.primaryAgainMs)}; back ${backCell(result)}`);
       results.push(result);
       await waitWhole(mesh);
     }
@@ -280,6 +304,8 @@ call walks the fallback ladder) through the edge all along. "PRIMARY again": fro
 answers in a row are PRIMARY. "Back": until the killed process answers its health check (Redis: PING) after
 the mesh's supervisor restarted it. "Within one rung": every sampled answer after the kill was at most one
 rung of the live ladder (PRIMARY, SIMPLIFIED, POPULAR, STATIC) below the best the fault leaves possible.
+The last row is not a kill: retrieval's sidecar aborts 30% of calls (runtime \`chaos.abort_percent\`)
+from ${options.killAfterS} s to the end of the load.
 
 ${chaosTable(results)}
 `;

@@ -111,4 +111,17 @@ describe("kill -9 under load through the edge", () => {
       await waitWhole(mesh);
     }
   }, 150_000);
+
+  it("30% aborts on retrieval's sidecar: no errors at the edge, under 2% STATIC, retrieval not ejected into no healthy upstream", async () => {
+    const result = await runFault(mesh, fault("30% aborts on retrieval's sidecar"), short);
+    console.log(`30% aborts: edge ${JSON.stringify(result.edgeCodes)}, sampled ${JSON.stringify(result.sampled)}, by rung ${JSON.stringify(result.answersByRung)}`);
+    const total = Object.values(result.sampled).reduce((a, b) => a + b, 0);
+    expect(total).toBeGreaterThan(0);
+    expect(Object.keys(result.edgeCodes)).toEqual(["OK"]);
+    expect(result.worst, `sampled: ${JSON.stringify(result.sampled)}`).not.toBe("error");
+    // The fault really reached callers (some answers fell to POPULAR) ...
+    expect((result.sampled.POPULAR ?? 0) + (result.answersByRung.popular ?? 0)).toBeGreaterThan(0);
+    // ... and almost none fell through to the static list.
+    expect((result.sampled.STATIC ?? 0) / total).toBeLessThan(0.02);
+  }, 150_000);
 });
