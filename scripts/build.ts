@@ -58,7 +58,8 @@ export async function compileServices(outdir: string): Promise<void> {
 export async function compiledServices(): Promise<string> {
   const files = sources();
   const hash = createHash("sha256");
-  for (const file of files) hash.update(relative(ROOT, file)).update("\0").update(readFileSync(file)).update("\0");
+  // tsconfig.json steers esbuild's output too (class fields, target).
+  for (const file of [...files, join(ROOT, "tsconfig.json")]) hash.update(relative(ROOT, file)).update("\0").update(readFileSync(file)).update("\0");
   const dist = join(ROOT, "dist");
   const target = join(dist, hash.digest("hex").slice(0, 16));
   if (existsSync(join(target, "services"))) return target;
