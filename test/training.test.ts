@@ -29,6 +29,7 @@ const EXACT_FILES = [
   "embeddings/v1/user_ids.txt",
   "parity/v1/bad-manifest/model.onnx",
   "parity/v1/bad-manifest/manifest.json",
+  "parity/v1/replay.jsonl",
 ];
 /** Manifest fields that come from float training; every other field must be equal. */
 const FLOAT_FIELDS = ["sha256", "size_bytes", "metrics", "params", "method"];
@@ -50,6 +51,8 @@ const METRIC_BAND = 0.01;
 /** |embedding_dot| difference allowed in the parity and benchmark rows (a cosine). */
 const EMBEDDING_DOT_TOLERANCE = 1e-3;
 const EMBEDDING_DOT_COLUMN = 5;
+/** A decile of embedding_dot moves with its values; a bin's share moves when values cross an edge. */
+const REFERENCE_SHARE_TOLERANCE = 0.01;
 
 const out = mkdtempSync(join(tmpdir(), "recsys-train-"));
 afterAll(() => rmSync(out, { recursive: true, force: true }));
@@ -141,6 +144,30 @@ describe("npm run train reproduces the committed models", () => {
     expectSameFeatureRows(samples(out), samples(COMMITTED), 14, "parity samples");
     const bench = (root: string) => readF32(join(root, "parity", "v1", "bench_features.f32"));
     expectSameFeatureRows(bench(out), bench(COMMITTED), 14, "bench_features.f32");
+    const replay = (root: string) => readF32(join(root, "parity", "v1", "replay_features.f32"));
+    expectSameFeatureRows(replay(out), replay(COMMITTED), 14, "replay_features.f32");
+  });
+
+  it.each(RANKERS)("%s: reference.json describes its training rows, equal to the committed one but for embedding_dot, which is within tolerance", (name) => {
+    const fresh = json(out, `${name}/v1/reference.json`);
+    const committed = json(COMMITTED, `${name}/v1/reference.json`);
+    const manifest = json(out, `${name}/v1/manifest.json`);
+    expect(fresh.rows).toBe(manifest.training_data.ranker_rows.train);
+    expect(fresh.features.map((f: { name: string }) => f.name)).toEqual(manifest.features);
+    const { features: freshFeatures, ...freshRest } = fresh;
+    const { features: committedFeatures, ...committedRest } = committed;
+    expect(freshRest).toEqual(committedRest);
+    freshFeatures.forEach((feature: { name: string; edges: number[]; proportions: number[]; missing_rate: number }, k: number) => {
+      const old = committedFeatures[k];
+      if (k !== EMBEDDING_DOT_COLUMN) {
+        expect(feature, feature.name).toEqual(old);
+        return;
+      }
+      expect(feature.edges.length).toBe(old.edges.length);
+      feature.edges.forEach((e, j) => expect(Math.abs(e - old.edges[j]), `embedding_dot edge ${j}`).toBeLessThanOrEqual(EMBEDDING_DOT_TOLERANCE));
+      feature.proportions.forEach((p, j) => expect(Math.abs(p - old.proportions[j]), `embedding_dot share ${j}`).toBeLessThanOrEqual(REFERENCE_SHARE_TOLERANCE));
+      expect(feature.missing_rate).toBe(old.missing_rate);
+    });
   });
 });
 
