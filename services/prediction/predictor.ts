@@ -89,6 +89,15 @@ const SOURCE_NAMES: Record<CandidateSource, string> = {
   [CandidateSource.ITEM_TO_ITEM]: "item_to_item",
 };
 
+const SOURCES = Object.keys(SOURCE_NAMES).map(Number) as CandidateSource[];
+
+/** The names of the sources set in a CandidateColumns source mask. */
+function sourceNames(mask: number): string[] {
+  const names: string[] = [];
+  for (const source of SOURCES) if (mask & (1 << source) && !names.includes(SOURCE_NAMES[source])) names.push(SOURCE_NAMES[source]);
+  return names;
+}
+
 const RUNG_NAMES: Record<FallbackLevel, string> = {
   [FallbackLevel.UNSPECIFIED]: "unspecified",
   [FallbackLevel.PRIMARY]: "primary",
@@ -445,8 +454,14 @@ export class Predictor {
     }
     if (!this.deps.retrieval) throw new Error("no retrieval service configured (RETRIEVAL_ADDR)");
     const k = Math.min(1000, Math.max(this.deps.config.CANDIDATES_K, depth));
-    const response = await this.deps.retrieval.getCandidates({ userId: plan.userId, k, context: plan.context }, { timeoutMs });
-    return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
+    const response = await this.deps.retrieval.getCandidates({ userId: plan.userId, k, context: plan.context, columnar: true }, { timeoutMs });
+    const columns = response.columns;
+    if (!columns) return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
+    return columns.itemIds.map((itemId, i) => ({
+      itemId,
+      category: columns.categoryNames[columns.categoryIndex[i] ?? -1] ?? "",
+      sources: sourceNames(columns.sourceMasks[i] ?? 0),
+    }));
   }
 
   /**

@@ -66,3 +66,34 @@ export function fuseCandidates(results: readonly SourceResult[], k: number): Mer
   }
   return [...merged.values()].sort((a, b) => b.score - a.score || (a.itemId < b.itemId ? -1 : 1)).slice(0, k);
 }
+
+export interface CandidateColumnsShape {
+  itemIds: string[];
+  scores: Uint8Array;
+  categoryNames: string[];
+  categoryIndex: number[];
+  sourceMasks: number[];
+}
+
+/** Merged candidates as the CandidateColumns message: float32 scores, categories by index, sources as bit masks. */
+export function toColumns(candidates: readonly MergedCandidate[]): CandidateColumnsShape {
+  const scores = new Float32Array(candidates.length);
+  const categoryCode = new Map<string, number>();
+  const categoryIndex: number[] = [];
+  const sourceMasks: number[] = [];
+  candidates.forEach((candidate, i) => {
+    scores[i] = candidate.score;
+    let code = categoryCode.get(candidate.category);
+    if (code === undefined) categoryCode.set(candidate.category, (code = categoryCode.size));
+    categoryIndex.push(code);
+    sourceMasks.push(candidate.sources.reduce((mask, { source }) => mask | (1 << source), 0));
+  });
+  return {
+    itemIds: candidates.map((c) => c.itemId),
+    // Typed arrays are in the platform's byte order; every platform Node runs on here is little-endian.
+    scores: new Uint8Array(scores.buffer),
+    categoryNames: [...categoryCode.keys()],
+    categoryIndex,
+    sourceMasks,
+  };
+}

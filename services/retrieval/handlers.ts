@@ -8,7 +8,7 @@ import {
 } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
 import type { EmbeddingTable } from "./artifacts.js";
-import { fuseCandidates, interleave, type SourceResult, type SourcedItem } from "./candidates.js";
+import { fuseCandidates, interleave, toColumns, type SourceResult, type SourcedItem } from "./candidates.js";
 import type { RetrievalConfig } from "./config.js";
 import type { IndexStore } from "./index-store.js";
 import { normalize, type Hit, type ItemIndex, type ItemUpsert, type SearchFilter } from "./item-index.js";
@@ -172,8 +172,9 @@ export function retrievalService(config: RetrievalConfig, resources: () => Retri
 
       results.push(...listSources(await lists, index, filter, popularK));
       for (const { source, items } of results) sourceCandidates.observe({ source: CandidateSource[source] }, items.length);
+      const candidates = fuseCandidates(results, request.k);
       return {
-        candidates: fuseCandidates(results, request.k),
+        ...(request.columnar ? { columns: toColumns(candidates) } : { candidates }),
         indexVersion: index.version,
         personalized: user !== undefined,
       };
