@@ -23,6 +23,9 @@ import type { ModelReference } from "../kit/models.js";
  * The window holds the last DRIFT_WINDOW_ROWS rows sampled at DRIFT_SAMPLE_RATE
  * (skips drawn from a geometric distribution, so the cost is per sampled row, not
  * per row), and PSI is computed when Prometheus scrapes, never on the request path.
+ *
+ * The hour of day (hour_sin, hour_cos) is left out: the training rows span every
+ * hour, a window of minutes holds one, so it would read as a major drift all day.
  */
 
 /** Floor of both shares in PSI's logarithm. */
@@ -33,6 +36,8 @@ export const DRIFT_WINDOW_ROWS = 5000;
 export const DRIFT_SAMPLE_RATE = 0.02;
 /** No PSI is exported before the window holds this many rows (noise would read as drift). */
 export const DRIFT_MIN_ROWS = 1000;
+/** Features set by the wall clock, which a window shorter than a day cannot compare with training's. */
+export const CLOCK_FEATURES: ReadonlySet<string> = new Set(["hour_sin", "hour_cos"]);
 
 /** The bin of `x` among increasing `edges`: the number of edges <= x. */
 export function binOf(edges: readonly number[], x: number): number {
@@ -181,6 +186,7 @@ export class FeatureDrift {
     return this.watched.map((model) => {
       const values: Record<string, number> = {};
       model.reference.features.forEach((ref, column) => {
+        if (CLOCK_FEATURES.has(ref.name)) return;
         const expected = [...ref.proportions.map((p) => p * (1 - ref.missingRate)), ref.missingRate];
         const key = `${column}:${ref.edges.join()}`;
         let actual = shares.get(key);

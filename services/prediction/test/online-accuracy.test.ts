@@ -177,6 +177,7 @@ describe("online accuracy, replaying the held-out log as traffic", () => {
     const ratio = (variant: string) => tracker.figures().find((f) => f.variant === variant)!.ratios.find((r) => r.metric === "auc")!.ratio;
     expect(ratio("gbdt-only")).toBeGreaterThan(0.9);
     expect(ratio("noise")).toBeLessThan(0.8);
+    console.info(`replay: AUC ratio ${ratio("gbdt-only").toFixed(3)} ranked by ranker-gbdt, ${ratio("noise").toFixed(3)} by noise`);
     const exported = (await scraped("recsys_prediction_online_offline_ratio")).filter((s) => s.metric === "auc");
     expect(Number(exported.find((s) => s.variant === "noise")?.value)).toBeLessThan(0.8);
   });
