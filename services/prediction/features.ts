@@ -145,27 +145,45 @@ export interface FeatureReaderOptions {
   /** How long a user's last features are kept for fallbacks. */
   userCacheTtlMs: number;
   itemCacheEntries: number;
-  /** Item features change slowly (batch profiles, 24 h counts): reads are cached this long. */
-  itemCacheTtlMs: number;
+  /**
+   * Item features change slowly (batch profiles, 24 h counts): an entry older than
+   * this is still served, and read again in the background, batched with others.
+   */
+  itemRefreshMs: number;
+  /** An entry older than this is not served: the request reads it (the feature service was unreachable that long). */
+  itemMaxAgeMs: number;
   version: string;
 }
 
+interface CachedBag {
+  bag: FeatureBag;
+  readAt: number;
+}
+
+/** One background read carries at most this many items (the request's limit is 2000). */
+const REFRESH_BATCH = 1000;
+/** A background read that takes longer is given up; the entries stay queued for the next one. */
+const REFRESH_TIMEOUT_MS = 2000;
+
 /**
  * Reads features from the feature service with the caller's budget, and keeps two
- * local caches: item features (shared by every request, short TTL, so most requests
- * need one round trip for the user only) and each user's last read (served by the
- * simplified rung when the feature service is down).
+ * local caches: item features (shared by every request; an entry past its refresh
+ * age is served while a background read, batched across requests, renews it, so
+ * a request only waits for items it has never seen) and each user's last read
+ * (served by the simplified rung when the feature service is down).
  */
 export class FeatureReader {
   private readonly users: LRUCache<string, UserFeatures>;
-  private readonly items: LRUCache<string, FeatureBag>;
+  private readonly items: LRUCache<string, CachedBag>;
+  private readonly refreshQueue = new Set<string>();
+  private refreshing = false;
 
   constructor(
     private readonly client: Client<typeof FeatureService> | undefined,
     private readonly options: FeatureReaderOptions,
   ) {
     this.users = new LRUCache({ max: options.userCacheEntries, ttl: options.userCacheTtlMs });
-    this.items = new LRUCache({ max: options.itemCacheEntries, ttl: options.itemCacheTtlMs });
+    this.items = new LRUCache({ max: options.itemCacheEntries });
   }
 
   /** User and request features, live. Throws when the feature service cannot answer within the budget. */
@@ -194,30 +212,67 @@ export class FeatureReader {
     return { user: {}, request, ageSeconds: 0, source: "default" };
   }
 
-  /** Item features, from the local cache where fresh; the rest in one read. Throws when that read fails. */
+  /** Item features, from the local cache; the items it does not hold in one read. Throws when that read fails. */
   async itemFeatures(itemIds: string[], timeoutMs: number): Promise<Map<string, FeatureBag>> {
     const found = new Map<string, FeatureBag>();
     const missing: string[] = [];
+    const now = Date.now();
+    let stale = 0;
     for (const id of itemIds) {
-      const bag = this.items.get(id);
-      if (bag) found.set(id, bag);
-      else missing.push(id);
+      const cached = this.items.get(id);
+      if (!cached || now - cached.readAt >= this.options.itemMaxAgeMs) {
+        missing.push(id);
+        continue;
+      }
+      found.set(id, cached.bag);
+      if (now - cached.readAt >= this.options.itemRefreshMs) {
+        stale++;
+        this.refreshQueue.add(id);
+      }
     }
-    itemFeatureLookups.inc({ version: this.options.version, result: "hit" }, found.size);
-    itemFeatureLookups.inc({ version: this.options.version, result: "miss" }, missing.length);
+    const { version } = this.options;
+    itemFeatureLookups.inc({ version, result: "hit" }, found.size - stale);
+    if (stale > 0) {
+      itemFeatureLookups.inc({ version, result: "refresh" }, stale);
+      this.refreshInBackground();
+    }
     if (missing.length === 0) return found;
-    if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
-    const response = await this.client.getOnlineFeatures({ itemIds: missing, featureRefs: ITEM_FEATURE_REFS }, { timeoutMs });
-    for (const entity of response.items) {
-      const bag = bagOf(entity.features);
-      this.items.set(entity.entityId, bag);
-      found.set(entity.entityId, bag);
-    }
+    itemFeatureLookups.inc({ version, result: "miss" }, missing.length);
+    for (const [id, bag] of await this.readItems(missing, timeoutMs)) found.set(id, bag);
     return found;
   }
 
   /** Item features known locally (cache or nothing), for rungs that cannot wait. */
   cachedItemFeatures(itemIds: string[]): Map<string, FeatureBag> {
-    return new Map(itemIds.map((id) => [id, this.items.get(id) ?? {}]));
+    return new Map(itemIds.map((id) => [id, this.items.get(id)?.bag ?? {}]));
+  }
+
+  private async readItems(itemIds: string[], timeoutMs: number): Promise<Map<string, FeatureBag>> {
+    if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
+    const response = await this.client.getOnlineFeatures({ itemIds, featureRefs: ITEM_FEATURE_REFS }, { timeoutMs });
+    const read = new Map<string, FeatureBag>();
+    const readAt = Date.now();
+    for (const entity of response.items) {
+      const bag = bagOf(entity.features);
+      this.items.set(entity.entityId, { bag, readAt });
+      read.set(entity.entityId, bag);
+    }
+    return read;
+  }
+
+  /** Renews queued entries, one batch at a time; a failed read leaves them queued, served as they are. */
+  private refreshInBackground(): void {
+    if (this.refreshing || this.refreshQueue.size === 0) return;
+    this.refreshing = true;
+    const batch = [...this.refreshQueue].slice(0, REFRESH_BATCH);
+    this.readItems(batch, REFRESH_TIMEOUT_MS).then(
+      () => {
+        batch.forEach((id) => this.refreshQueue.delete(id));
+        this.refreshing = false;
+        // A full batch left means more are due now; a smaller rest waits for the next request.
+        if (this.refreshQueue.size >= REFRESH_BATCH) this.refreshInBackground();
+      },
+      () => (this.refreshing = false),
+    );
   }
 }

@@ -27,7 +27,7 @@ export const cacheLookups = new Counter({
 
 export const itemFeatureLookups = new Counter({
   name: "recsys_prediction_item_feature_cache_total",
-  help: "Item feature reads served by the in-process item feature cache (hit) or the feature service (miss).",
+  help: "Item feature reads served by the in-process item feature cache (hit; refresh: served and renewed in the background) or read by the request from the feature service (miss).",
   labelNames: ["version", "result"] as const,
   registers: [registry],
 });

@@ -55,7 +55,8 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     userCacheEntries: 100_000,
     userCacheTtlMs: 30 * 60_000,
     itemCacheEntries: 200_000,
-    itemCacheTtlMs: 30_000,
+    itemRefreshMs: 30_000,
+    itemMaxAgeMs: 10 * 60_000,
     version: config.SERVICE_VERSION,
   });
   const variants = new VariantResolver(
