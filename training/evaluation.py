@@ -110,43 +110,36 @@ def recall_per_user(top: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
 # ranking
 # ----------------------------------------------------------------------------
 
-def ndcg_per_list(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = K_NDCG):
-    """NDCG@k (binary gains) per group (user) with at least one positive and one
-    negative impression, in group order; which groups count depends on the labels
-    only, so every method gets the same lists. Ties are broken by impression order,
-    so an uninformative score gets no lucky ordering."""
+def judged_lists(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray):
+    """Each group's labels in score order, for every group (user) with at least one
+    positive and one negative impression, in group order; which groups count depends
+    on the labels only, so every method gets the same lists. Ties are broken by
+    impression order, so an uninformative score gets no lucky ordering."""
     order = np.lexsort((np.arange(len(groups)), -scores.astype(np.float64), groups))
     g, lab = groups[order], labels[order].astype(np.float64)
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     ends = np.r_[starts[1:], len(g)]
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    vals = []
     for s, e in zip(starts, ends):
         rel = lab[s:e]
         npos = rel.sum()
-        if npos == 0 or npos == len(rel):
-            continue
+        if 0 < npos < len(rel):
+            yield rel
+
+
+def ndcg_per_list(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = K_NDCG):
+    """NDCG@k (binary gains) per judged list (judged_lists)."""
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    vals = []
+    for rel in judged_lists(groups, labels, scores):
         dcg = (rel[:k] * disc[: min(k, len(rel))]).sum()
-        vals.append(dcg / disc[: int(min(k, npos))].sum())
+        vals.append(dcg / disc[: int(min(k, rel.sum()))].sum())
     return np.array(vals, dtype=np.float64)
 
 
 def ctr_per_list(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int = K_NDCG):
-    """Share of clicked impressions among the top min(k, list length) by score, per
-    group, over the same groups as ndcg_per_list (ties by impression order): the
-    click-through rate of the first k slots had the model ordered the list."""
-    order = np.lexsort((np.arange(len(groups)), -scores.astype(np.float64), groups))
-    g, lab = groups[order], labels[order].astype(np.float64)
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    ends = np.r_[starts[1:], len(g)]
-    vals = []
-    for s, e in zip(starts, ends):
-        rel = lab[s:e]
-        npos = rel.sum()
-        if npos == 0 or npos == len(rel):
-            continue
-        vals.append(rel[:k].mean())
-    return np.array(vals, dtype=np.float64)
+    """Share of clicked impressions among the first min(k, length) of each judged list
+    (judged_lists): the click-through rate of the first k slots had the model ordered it."""
+    return np.array([rel[:k].mean() for rel in judged_lists(groups, labels, scores)], dtype=np.float64)
 
 
 def auc(y, s) -> float:

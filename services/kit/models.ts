@@ -134,6 +134,22 @@ export interface ModelFile {
   reference: ModelReference | undefined;
 }
 
+/** A JSON file of a model directory, checked against its schema; ModelLoadError naming the file and every issue otherwise. */
+function readJsonFile<T extends z.ZodType>(dir: string, file: string, id: string, schema: T): z.infer<T> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(join(dir, file), "utf8"));
+  } catch (err) {
+    throw new ModelLoadError(id, `${file} is not JSON: ${(err as Error).message}`);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new ModelLoadError(id, `invalid ${file}: ${issues}`);
+  }
+  return parsed.data;
+}
+
 /**
  * Reads models/<name>/<version>/reference.json when there is one (older models have
  * none: undefined), and refuses one that does not describe the model's features in
@@ -141,24 +157,13 @@ export interface ModelFile {
  * reference is found at load, not by a drift alert that never fires.
  */
 export function readModelReference(dir: string, id: string, featureNames: string[]): ModelReference | undefined {
-  const path = join(dir, "reference.json");
-  if (!existsSync(path)) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, "utf8"));
-  } catch (err) {
-    throw new ModelLoadError(id, `reference.json is not JSON: ${(err as Error).message}`);
-  }
-  const parsed = referenceSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-    throw new ModelLoadError(id, `invalid reference.json: ${issues}`);
-  }
-  const names = parsed.data.features.map((f) => f.name);
+  if (!existsSync(join(dir, "reference.json"))) return undefined;
+  const reference = readJsonFile(dir, "reference.json", id, referenceSchema);
+  const names = reference.features.map((f) => f.name);
   if (names.join() !== featureNames.join()) {
     throw new ModelLoadError(id, `reference.json describes features [${names.join(", ")}], the manifest lists [${featureNames.join(", ")}]`);
   }
-  const problems = parsed.data.features.flatMap(({ name, edges, proportions }) => {
+  const problems = reference.features.flatMap(({ name, edges, proportions }) => {
     const found: string[] = [];
     if (!edges.every((e, k) => Number.isFinite(e) && (k === 0 || e > edges[k - 1]!))) found.push(`${name}: edges must be finite and increasing`);
     if (proportions.length !== edges.length + 1) found.push(`${name}: ${edges.length} edges need ${edges.length + 1} proportions, not ${proportions.length}`);
@@ -168,8 +173,8 @@ export function readModelReference(dir: string, id: string, featureNames: string
   });
   if (problems.length > 0) throw new ModelLoadError(id, `invalid reference.json: ${problems.join("; ")}`);
   return {
-    rows: parsed.data.rows,
-    features: parsed.data.features.map((f) => ({ name: f.name, edges: f.edges, proportions: f.proportions, missingRate: f.missing_rate })),
+    rows: reference.rows,
+    features: reference.features.map((f) => ({ name: f.name, edges: f.edges, proportions: f.proportions, missingRate: f.missing_rate })),
   };
 }
 
@@ -181,18 +186,7 @@ export function readModelFile(dir: string): ModelFile {
   if (!existsSync(manifestPath)) throw new ModelLoadError(id, `no manifest.json in ${dir}`);
   if (!existsSync(modelPath)) throw new ModelLoadError(id, `no model.onnx in ${dir}`);
 
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(manifestPath, "utf8"));
-  } catch (err) {
-    throw new ModelLoadError(id, `manifest.json is not JSON: ${(err as Error).message}`);
-  }
-  const parsed = manifestSchema.safeParse(raw);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-    throw new ModelLoadError(id, `invalid manifest.json: ${issues}`);
-  }
-  const manifest = parsed.data;
+  const manifest = readJsonFile(dir, "manifest.json", id, manifestSchema);
   const name = manifest.name ?? basename(dirname(dir));
   const version = manifest.version ?? basename(dir);
   id = `${name}@${version}`;
