@@ -146,6 +146,12 @@ function listener(name: string, direction: "INBOUND" | "OUTBOUND", address: stri
 const zipkinClusterName = "zipkin";
 
 /**
+ * A route's span name (by default Envoy names a span after the Host header, here
+ * always an address). Not propagated: each Envoy names its own spans.
+ */
+const spanName = (operation: string): Obj => ({ decorator: { operation, propagate: false } });
+
+/**
  * A span for every request through a connection manager, sent to Zipkin. Envoy
  * reads and writes W3C traceparent (and B3 beside it), so one trace runs from the
  * edge through every sidecar and app; trace ids are 128-bit, as W3C's are. Which
@@ -483,8 +489,9 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
   const grpcRoute = {
     match: { prefix: "/", headers: [{ name: "content-type", string_match: { prefix: "application/grpc" } }] },
     route: { cluster: "local_app_grpc", timeout: "0s", max_stream_duration: { grpc_timeout_header_max: "0s" } },
+    ...spanName(`ingress ${spec.name}`),
   };
-  const connectRoute = { match: { prefix: "/" }, route: { cluster: "local_app_connect", timeout: "10s" } };
+  const connectRoute = { match: { prefix: "/" }, route: { cluster: "local_app_connect", timeout: "10s" }, ...spanName(`ingress ${spec.name} (Connect)`) };
   const ingress = listener(
     "ingress",
     "INBOUND",
@@ -509,7 +516,7 @@ export function renderSidecar(spec: ServiceSpec, version: string, target: Target
       ports.egress(spec.name, version, upstream),
       hcm(
         `egress_${upstream}`,
-        { name: upstream, virtual_hosts: [{ name: upstream, domains: ["*"], routes: [{ match: { prefix: "/" }, route: callRoute(upstream, service(upstream)) }] }] },
+        { name: upstream, virtual_hosts: [{ name: upstream, domains: ["*"], routes: [{ match: { prefix: "/" }, route: callRoute(upstream, service(upstream)), ...spanName(`egress ${upstream}`) }] }] },
         [],
         place.accessLog(`${id}-egress-${upstream}`),
         { tracing: tracing(place) },
@@ -543,9 +550,9 @@ const unbuffered: Obj = { [bufferFilter]: { "@type": type("envoy.extensions.filt
 function serviceRoutes(spec: ServiceSpec, extraMatch: Obj, route: Obj): Obj[] {
   const limits = spec.edgeLimits;
   return spec.grpcServices.flatMap((grpcService) => [
-    ...Object.entries(limits.methodMaxRequestBytes ?? {}).map(([method, bytes]) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, typed_per_filter_config: bodyLimit(bytes) })),
-    ...(limits.streamingMethods ?? []).map((method) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, typed_per_filter_config: unbuffered })),
-    { match: { prefix: `/${grpcService}/`, ...extraMatch }, route, typed_per_filter_config: bodyLimit(limits.maxRequestBytes) },
+    ...Object.entries(limits.methodMaxRequestBytes ?? {}).map(([method, bytes]) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, ...spanName(`${grpcService}/${method}`), typed_per_filter_config: bodyLimit(bytes) })),
+    ...(limits.streamingMethods ?? []).map((method) => ({ match: { path: `/${grpcService}/${method}`, ...extraMatch }, route, ...spanName(`${grpcService}/${method}`), typed_per_filter_config: unbuffered })),
+    { match: { prefix: `/${grpcService}/`, ...extraMatch }, route, ...spanName(grpcService), typed_per_filter_config: bodyLimit(limits.maxRequestBytes) },
   ]);
 }
 
@@ -620,6 +627,7 @@ export function renderEdge(target: Target): Obj {
   const infraRoutes = ["/grpc.health.v1.Health/", "/grpc.reflection."].map((prefix) => ({
     match: { prefix },
     route: { ...failoverRoute(prediction, stable), timeout: "5s" },
+    ...spanName(prefix.replaceAll("/", "")),
     typed_per_filter_config: unbuffered,
   }));
   const limits = edgeProtection;

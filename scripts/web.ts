@@ -1,8 +1,10 @@
 // The browser console (web/): bundles web/src/main.ts with esbuild in memory and
-// serves it on its own loopback port, next to a small read-only stats endpoint.
-// The endpoint reads the edge's admin stats and each prediction instance's /metrics
+// serves it on its own loopback port, next to two small read-only endpoints.
+// /api/stats reads the edge's admin stats and each prediction instance's /metrics
 // here, server-side, and answers a small JSON: the browser never reaches Envoy's
 // admin port, which can also change runtime values and shut Envoy down.
+// /api/dashboard asks Prometheus (npm run observe) the dashboard's fixed queries
+// (observability/dashboard.ts) and its active alerts: no PromQL from the browser.
 //
 //   npx tsx scripts/web.ts [--port 8088] [--edge http://127.0.0.1:8080]
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -11,7 +13,8 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { build } from "esbuild";
-import { localPorts } from "../envoy/topology.js";
+import { localPorts, observePorts } from "../envoy/topology.js";
+import { consolePanels, type ConsolePanel } from "../observability/dashboard.js";
 import { stats } from "./envoy-admin.js";
 import { ROOT } from "./tools.js";
 
@@ -24,6 +27,10 @@ export interface WebConsoleOptions {
   edgeAdmin?: string;
   /** Each prediction version's Prometheus /metrics, read server-side only. */
   metricsUrls?: Record<string, string>;
+  /** The Prometheus the dashboard asks, server-side only. */
+  prometheusUrl?: string;
+  /** Zipkin's UI, where the page links a trace id. */
+  zipkinUrl?: string;
 }
 
 export interface WebConsole {
@@ -48,6 +55,14 @@ export interface ConsoleStats {
     canaryWeights: Record<string, number>;
   };
   prediction: { version: string; reachable: boolean; answers: number; byRung: Record<string, number>; fallbackRate: number | null }[];
+}
+
+/** What GET /api/dashboard answers. */
+export interface ConsoleDashboard {
+  at: string;
+  prometheus: { reachable: boolean; error?: string };
+  panels: (Omit<ConsolePanel, "query"> & { rows: { labels: Record<string, string>; value: number | null }[] })[];
+  alerts: { name: string; state: string; severity: string; summary: string }[];
 }
 
 const WEB = join(ROOT, "web");
@@ -125,6 +140,44 @@ function statsReader(edgeAdmin: string, metricsUrls: Record<string, string>) {
   };
 }
 
+interface PrometheusAnswer<T> {
+  status: string;
+  data: T;
+  error?: string;
+}
+
+async function askPrometheus<T>(prometheusUrl: string, path: string): Promise<T> {
+  const res = await fetch(`${prometheusUrl}${path}`, { signal: AbortSignal.timeout(3000) });
+  const body = (await res.json()) as PrometheusAnswer<T>;
+  if (body.status !== "success") throw new Error(body.error ?? `HTTP ${res.status}`);
+  return body.data;
+}
+
+/** The dashboard's panels and Prometheus' active alerts, read now. */
+async function readDashboard(prometheusUrl: string): Promise<ConsoleDashboard> {
+  const at = new Date().toISOString();
+  try {
+    const panels = await Promise.all(
+      consolePanels.map(async ({ query, ...panel }) => {
+        const { result } = await askPrometheus<{ result: { metric: Record<string, string>; value: [number, string] }[] }>(prometheusUrl, `/api/v1/query?query=${encodeURIComponent(query)}`);
+        const rows = result
+          .map((r) => ({ labels: Object.fromEntries(panel.by.map((l) => [l, r.metric[l] ?? ""])), value: Number.isFinite(Number(r.value[1])) ? Number(r.value[1]) : null }))
+          .sort((a, b) => panel.by.map((l) => a.labels[l]!).join(" ").localeCompare(panel.by.map((l) => b.labels[l]!).join(" ")));
+        return { ...panel, rows };
+      }),
+    );
+    const { alerts } = await askPrometheus<{ alerts: { labels: Record<string, string>; annotations: Record<string, string>; state: string }[] }>(prometheusUrl, "/api/v1/alerts");
+    return {
+      at,
+      prometheus: { reachable: true },
+      panels,
+      alerts: alerts.map((a) => ({ name: a.labels.alertname ?? "", state: a.state, severity: a.labels.severity ?? "", summary: a.annotations.summary ?? "" })),
+    };
+  } catch (err) {
+    return { at, prometheus: { reachable: false, error: err instanceof Error ? err.message : String(err) }, panels: [], alerts: [] };
+  }
+}
+
 /**
  * Starts the console's server on 127.0.0.1. It serves a fixed set of paths, nothing
  * from the file system by request path, and only GET/HEAD.
@@ -134,6 +187,8 @@ export async function startWebConsole(options: WebConsoleOptions = {}): Promise<
   const edgeAdmin = options.edgeAdmin ?? `http://127.0.0.1:${localPorts.edgeAdmin}`;
   const metricsUrls = options.metricsUrls ?? Object.fromEntries(["v1", "v2"].map((v) => [v, `http://127.0.0.1:${localPorts.appMetrics("prediction", v)}/metrics`]));
   const readStats = statsReader(edgeAdmin, metricsUrls);
+  const prometheusUrl = options.prometheusUrl ?? `http://127.0.0.1:${observePorts.prometheus}`;
+  const zipkinUrl = options.zipkinUrl ?? `http://127.0.0.1:${observePorts.zipkin}`;
   const script = await buildConsole();
   const staticFiles: Record<string, { type: string; body: string }> = {
     "/": { type: "text/html; charset=utf-8", body: readFileSync(join(WEB, "index.html"), "utf8") },
@@ -154,8 +209,9 @@ export async function startWebConsole(options: WebConsoleOptions = {}): Promise<
     const path = new URL(req.url ?? "/", "http://console").pathname;
     const file = staticFiles[path === "/index.html" ? "/" : path];
     if (file) return send(res, 200, file.type, file.body);
-    if (path === "/config.json") return send(res, 200, "application/json", JSON.stringify({ edge: edgeUrl }));
+    if (path === "/config.json") return send(res, 200, "application/json", JSON.stringify({ edge: edgeUrl, zipkin: zipkinUrl }));
     if (path === "/api/stats") return send(res, 200, "application/json", JSON.stringify(await readStats()));
+    if (path === "/api/dashboard") return send(res, 200, "application/json", JSON.stringify(await readDashboard(prometheusUrl)));
     send(res, 404, "text/plain", "not found\n");
   };
   const server = createServer((req, res) => {

@@ -193,3 +193,25 @@ describe("one gRPC endpoint for the whole public API (issue 17)", () => {
     }
   });
 });
+
+describe("tracing (issue 19)", () => {
+  it.each(targets)("%s: every connection manager (edge, sidecar ingress and egress) traces to Zipkin with W3C trace context and 128-bit ids", (target) => {
+    const paths = [`${target}/edge.yaml`, ...instances.map((i) => sidecarPath(target, i.id))];
+    for (const path of paths) {
+      const managers = listenersOf(path).map((l) => [l.name as string, managerOf(l)] as const);
+      expect(managers.length, path).toBeGreaterThan(0);
+      for (const [name, manager] of managers) {
+        const { provider, random_sampling } = manager.tracing;
+        expect(provider.name, `${path} ${name}`).toBe("envoy.tracers.zipkin");
+        expect(provider.typed_config).toMatchObject({ collector_cluster: "zipkin", collector_endpoint: "/api/v2/spans", trace_id_128bit: true, trace_context_option: "USE_B3_WITH_W3C_PROPAGATION", shared_span_context: false });
+        // Locally no request is traced until `npm run observe` raises the runtime value; Kubernetes samples a ratio.
+        expect(random_sampling.value, `${path} ${name}`).toBe(target === "local" ? 0 : 1);
+      }
+      // Ingress listeners make server spans, egress listeners client spans.
+      for (const l of listenersOf(path)) expect(l.traffic_direction, `${path} ${l.name}`).toBe(l.name.startsWith("egress_") ? "OUTBOUND" : "INBOUND");
+      // A static collector cluster: an Envoy starts whether Zipkin runs or not.
+      const zipkin = clustersOf(path).find((c) => c.name === "zipkin")!;
+      expect(zipkin.type, path).toBe(target === "local" ? "STATIC" : "STRICT_DNS");
+    }
+  });
+});

@@ -1,6 +1,7 @@
 // The console's page: asks the edge for predictions over gRPC-web or Connect with
-// the generated client, renders the answer and its metadata, and polls the console
-// server's read-only /api/stats for the edge's live figures.
+// the generated client, renders the answer and its metadata (its trace id linked to
+// Zipkin), polls the console server's read-only /api/stats for the edge's live
+// figures and /api/dashboard for Prometheus' panels and alerts.
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { CacheLevel, FallbackLevel, PredictionService, type PredictResponse, type StageLatency } from "../../gen/recsys/prediction/v1/prediction_pb.js";
@@ -12,7 +13,19 @@ interface ConsoleStats {
   prediction: { version: string; reachable: boolean; answers: number; fallbackRate: number | null }[];
 }
 
+interface ConsoleDashboard {
+  prometheus: { reachable: boolean; error?: string };
+  panels: { id: string; title: string; by: string[]; unit: "per_second" | "ratio" | "seconds"; rows: { labels: Record<string, string>; value: number | null }[] }[];
+  alerts: { name: string; state: string; severity: string; summary: string }[];
+}
+
+interface ConsoleConfig {
+  edge: string;
+  zipkin?: string;
+}
+
 const STATS_INTERVAL_MS = 2000;
+const DASHBOARD_INTERVAL_MS = 5000;
 const REQUEST_TIMEOUT_MS = 5000;
 
 const byId = <T extends HTMLElement>(id: string) => {
@@ -23,12 +36,11 @@ const byId = <T extends HTMLElement>(id: string) => {
 const text = (id: string, value: string) => (byId(id).textContent = value);
 const levelName = (names: Record<number, string>, prefix: string, value: number) => (names[value] ?? String(value)).replace(prefix, "").toLowerCase();
 
-/** The edge: ?edge=<url> first, then the console server's /config.json. */
-async function edgeUrl(): Promise<string> {
+/** The console server's /config.json; ?edge=<url> overrides its edge. */
+async function consoleConfig(): Promise<ConsoleConfig> {
+  const config = (await (await fetch("/config.json")).json()) as ConsoleConfig;
   const param = new URLSearchParams(location.search).get("edge");
-  if (param) return new URL(param).origin;
-  const config = (await (await fetch("/config.json")).json()) as { edge: string };
-  return config.edge;
+  return param ? { ...config, edge: new URL(param).origin } : config;
 }
 
 function transports(baseUrl: string): Record<Protocol, Transport> {
@@ -78,7 +90,7 @@ function renderItems(res: PredictResponse) {
   byId("items").hidden = res.predictions.length === 0;
 }
 
-function renderAnswer(res: PredictResponse, protocol: Protocol, servedBy: string | null) {
+function renderAnswer(res: PredictResponse, protocol: Protocol, servedBy: string | null, zipkin: string | undefined) {
   const meta = res.metadata;
   text("meta-transport", protocol === "grpc-web" ? "gRPC-web" : "Connect");
   text("meta-version", servedBy ?? "not exposed by the edge");
@@ -92,6 +104,9 @@ function renderAnswer(res: PredictResponse, protocol: Protocol, servedBy: string
   text("meta-models", Object.entries(meta?.modelVersions ?? {}).map(([k, v]) => `${k} ${v}`).join(", ") || "–");
   text("meta-latency", `${(meta?.latencyMs ?? 0).toFixed(1)} ms`);
   text("meta-trace", meta?.traceId || "–");
+  const traceLink = byId<HTMLAnchorElement>("meta-trace-link");
+  traceLink.hidden = !(zipkin && meta?.traceId);
+  if (zipkin && meta?.traceId) traceLink.href = `${zipkin}/zipkin/traces/${meta.traceId}`;
   byId("meta").hidden = false;
   renderStages(meta?.stages ?? []);
   renderItems(res);
@@ -110,7 +125,7 @@ function formValues() {
   };
 }
 
-function setupPredict(clients: Record<Protocol, ReturnType<typeof createClient<typeof PredictionService>>>) {
+function setupPredict(clients: Record<Protocol, ReturnType<typeof createClient<typeof PredictionService>>>, zipkin: string | undefined) {
   const form = byId<HTMLFormElement>("predict-form");
   const button = byId<HTMLButtonElement>("predict");
   const status = byId("status");
@@ -131,7 +146,7 @@ function setupPredict(clients: Record<Protocol, ReturnType<typeof createClient<t
           onHeader: (h) => (servedBy = h.get("x-service-version")),
         },
       );
-      renderAnswer(res, v.protocol, servedBy);
+      renderAnswer(res, v.protocol, servedBy, zipkin);
       status.textContent = `${res.predictions.length} items for ${v.userId} in ${(performance.now() - started).toFixed(0)} ms.`;
       byId("result").dataset.protocol = v.protocol;
     } catch (err) {
@@ -183,14 +198,84 @@ function setupStats() {
   setInterval(() => void poll(), STATS_INTERVAL_MS);
 }
 
+function formatValue(unit: ConsoleDashboard["panels"][number]["unit"], value: number | null): string {
+  if (value === null) return "–";
+  if (unit === "ratio") return `${(100 * value).toFixed(1)}%`;
+  if (unit === "per_second") return `${value.toFixed(2)}/s`;
+  return value < 1 ? `${(1000 * value).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+}
+
+function renderPanel(panel: ConsoleDashboard["panels"][number]): HTMLElement {
+  const figure = document.createElement("figure");
+  figure.dataset.panel = panel.id;
+  const table = document.createElement("table");
+  table.createCaption().textContent = panel.title;
+  const head = table.createTHead().insertRow();
+  for (const label of [...panel.by, "value"]) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = label;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const row of panel.rows) {
+    const tr = body.insertRow();
+    for (const label of panel.by) tr.insertCell().textContent = row.labels[label] ?? "";
+    const cell = tr.insertCell();
+    cell.className = "value";
+    cell.textContent = formatValue(panel.unit, row.value);
+  }
+  if (panel.rows.length === 0) {
+    const cell = body.insertRow().insertCell();
+    cell.colSpan = panel.by.length + 1;
+    cell.textContent = "no data yet";
+  }
+  figure.append(table);
+  return figure;
+}
+
+function renderDashboard(d: ConsoleDashboard) {
+  const alerts = byId<HTMLUListElement>("alerts");
+  alerts.replaceChildren(
+    ...(d.alerts.length
+      ? d.alerts.map((a) => {
+          const item = document.createElement("li");
+          item.className = a.state;
+          item.textContent = `${a.name} (${a.state}, ${a.severity}): ${a.summary}`;
+          return item;
+        })
+      : [Object.assign(document.createElement("li"), { textContent: "none active" })]),
+  );
+  byId("panels").replaceChildren(...d.panels.map(renderPanel));
+}
+
+function setupDashboard() {
+  const status = byId("dashboard-status");
+  const poll = async () => {
+    try {
+      const d = (await (await fetch("/api/dashboard")).json()) as ConsoleDashboard;
+      renderDashboard(d);
+      status.className = d.prometheus.reachable ? "" : "error";
+      status.textContent = d.prometheus.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : `Prometheus does not answer (npm run observe runs it): ${d.prometheus.error ?? ""}`;
+      byId("dashboard").dataset.samples = String(Number(byId("dashboard").dataset.samples ?? 0) + 1);
+    } catch {
+      status.className = "error";
+      status.textContent = "The console server does not answer.";
+    }
+  };
+  void poll();
+  setInterval(() => void poll(), DASHBOARD_INTERVAL_MS);
+}
+
 async function main() {
   const users = byId<HTMLDataListElement>("users");
   for (let i = 1; i <= 20; i++) users.append(new Option(`u${String(i).padStart(6, "0")}`));
-  const baseUrl = await edgeUrl();
-  text("edge-url", baseUrl);
-  const t = transports(baseUrl);
-  setupPredict({ "grpc-web": createClient(PredictionService, t["grpc-web"]), connect: createClient(PredictionService, t.connect) });
+  const config = await consoleConfig();
+  text("edge-url", config.edge);
+  const t = transports(config.edge);
+  setupPredict({ "grpc-web": createClient(PredictionService, t["grpc-web"]), connect: createClient(PredictionService, t.connect) }, config.zipkin);
   setupStats();
+  setupDashboard();
   document.body.dataset.ready = "true";
 }
 
