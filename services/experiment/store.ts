@@ -89,9 +89,18 @@ const eventsRecorded = new Counter({
   registers: [registry],
 });
 
-/** A kit client, connected: rejects when Redis cannot be reached within the start budget. */
+/** A kit client with the store's scripts, connected: rejects when Redis cannot be reached within the start budget. */
 export async function connectExperimentRedis(settings: RedisSettings, commandTimeoutMs: number, name: string, log: Logger): Promise<RedisClient> {
-  const redis = createRedis(settings, { commandTimeoutMs, name, log });
+  const redis = createRedis(settings, {
+    commandTimeoutMs,
+    name,
+    log,
+    scripts: {
+      experimentWriteDefinition: { lua: WRITE_DEFINITION },
+      experimentRecordExposures: { lua: RECORD_EXPOSURES },
+      experimentRecordOutcomes: { lua: RECORD_OUTCOMES },
+    },
+  });
   try {
     await waitUntilReady(redis, Math.max(commandTimeoutMs, 2_000));
   } catch (err) {
@@ -140,13 +149,11 @@ export interface OutcomeEvent {
 export class ExperimentStore {
   private readonly scripts: Record<"writeDefinition" | "recordExposures" | "recordOutcomes", Script>;
 
+  /** redis: a client from connectExperimentRedis (it registers the scripts). */
   constructor(
     private readonly redis: RedisClient,
     private readonly log: Logger,
   ) {
-    redis.defineCommand("experimentWriteDefinition", { lua: WRITE_DEFINITION });
-    redis.defineCommand("experimentRecordExposures", { lua: RECORD_EXPOSURES });
-    redis.defineCommand("experimentRecordOutcomes", { lua: RECORD_OUTCOMES });
     const commands = redis as unknown as Record<string, Script>;
     this.scripts = {
       writeDefinition: commands.experimentWriteDefinition!.bind(redis),

@@ -35,6 +35,12 @@ export const featureConfigShape = {
   POPULAR_TOP_K: int(1).max(100_000).default(500),
   /** Item catalogue (JSON lines) for events without a category; default models/catalog/v1/items.jsonl when present. */
   CATALOG_PATH: z.string().min(1).optional(),
+  /**
+   * Replicas that must confirm an ingested batch (Redis WAIT) before it is accepted. 1 on a
+   * Redis Cluster with replicas: a master killed right after answering cannot take an
+   * accepted event with it. 0 (single Redis): the master's answer is enough.
+   */
+  INGEST_REPLICA_ACKS: int(0).max(5).default(0),
   /** How long an event id is remembered; a resend within it is ignored. */
   EVENT_DEDUPE_TTL_S: int(1).default(90_000),
   /** Events stamped further ahead than this (client clock skew) are rejected. */

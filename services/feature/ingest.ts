@@ -5,7 +5,7 @@ import type { Event } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { invalidArgument } from "../kit/index.js";
 import type { StreamEvent } from "./aggregation.js";
 import { partitionOf, seenKey, streamKey } from "./keys.js";
-import type { RedisClient } from "./redis.js";
+import { execAll, type RedisClient } from "./redis.js";
 
 /**
  * Rejects the batch (INVALID_ARGUMENT naming the first bad event's index and field)
@@ -35,17 +35,29 @@ export function decodeEvent(payload: string): StreamEvent {
   return { id: e.id, userId: e.u, itemId: e.i, type: e.t, ts: e.ts, category: e.c };
 }
 
+export interface Durability {
+  /** Replicas that must hold a partition's share before it counts as accepted (0: the master alone). */
+  replicaAcks: number;
+  /** How long to wait for them. */
+  waitMs: number;
+}
+
 /**
  * Appends events whose id has not been seen within the dedupe TTL. Each partition's
  * share is one script: appended all together or not at all. A batch spanning
  * partitions that fails half way is safe to resend whole: the appended half now
- * counts as duplicates.
+ * counts as duplicates. With replicaAcks, each share is followed by WAIT on the same
+ * node (one pipeline: a keyless command goes where the pipeline's keys go): Redis
+ * replicates asynchronously, so a master that dies right after answering could take
+ * an accepted event with it; a share the replicas have not confirmed in time fails
+ * the call (UNAVAILABLE), and the resend is deduplicated.
  */
 export async function appendEvents(
   redis: RedisClient,
   events: readonly Event[],
   partitions: number,
   dedupeTtlSeconds: number,
+  durability: Durability = { replicaAcks: 0, waitMs: 0 },
 ): Promise<{ accepted: number; duplicates: number }> {
   const byPartition = new Map<number, Event[]>();
   for (const event of events) {
@@ -54,17 +66,17 @@ export async function appendEvents(
     if (list) list.push(event);
     else byPartition.set(p, [event]);
   }
-  const results = await Promise.all(
-    [...byPartition].map(([p, list]) =>
-      redis.recsysIngestEvents(
-        1 + list.length,
-        streamKey(p),
-        ...list.map((e) => seenKey(p, e.eventId)),
-        String(dedupeTtlSeconds),
-        ...list.map(encodeEvent),
-      ),
-    ),
-  );
+  const append = async (p: number, list: Event[]): Promise<[number, number]> => {
+    const args = [streamKey(p), ...list.map((e) => seenKey(p, e.eventId)), String(dedupeTtlSeconds), ...list.map(encodeEvent)] as const;
+    if (durability.replicaAcks === 0) return redis.recsysIngestEvents(1 + list.length, ...args);
+    const [counts, acks] = (await execAll(redis.pipeline().recsysIngestEvents(1 + list.length, ...args).wait(durability.replicaAcks, durability.waitMs))) as [
+      [number, number],
+      number,
+    ];
+    if (acks < durability.replicaAcks) throw new Error(`${acks} of ${durability.replicaAcks} replicas acknowledged the events within ${durability.waitMs} ms`);
+    return counts;
+  };
+  const results = await Promise.all([...byPartition].map(([p, list]) => append(p, list)));
   return results.reduce((sum, [accepted, duplicates]) => ({ accepted: sum.accepted + accepted, duplicates: sum.duplicates + duplicates }), {
     accepted: 0,
     duplicates: 0,

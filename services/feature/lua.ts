@@ -1,6 +1,7 @@
 // The Lua scripts of the feature service. Each runs atomically in Redis and touches
 // keys of one hash slot only (see keys.ts), so they work unchanged on Redis Cluster.
-import type { Cluster, Redis, Result } from "ioredis";
+import type { Result } from "ioredis";
+import type { RedisScript } from "../kit/redis.js";
 import { BUCKETS_PER_WINDOW } from "./registry.js";
 
 /**
@@ -202,11 +203,11 @@ declare module "ioredis" {
   }
 }
 
-/** Registers the scripts on a client (EVALSHA, loading them on first use). */
-export function defineScripts(client: Redis | Cluster): void {
-  client.defineCommand("recsysIngestEvents", { lua: ingestEvents });
-  client.defineCommand("recsysApplyEvents", { lua: applyEvents });
-  client.defineCommand("recsysWriteRows", { lua: writeRows });
-  client.defineCommand("recsysReadStates", { lua: readStates, readOnly: true });
-  client.defineCommand("recsysExpirePopular", { lua: expirePopular });
-}
+/** The scripts as the commands a feature client registers (see the declarations above). */
+export const featureScripts: Record<string, RedisScript> = {
+  recsysIngestEvents: { lua: ingestEvents },
+  recsysApplyEvents: { lua: applyEvents },
+  recsysWriteRows: { lua: writeRows },
+  recsysReadStates: { lua: readStates, readOnly: true },
+  recsysExpirePopular: { lua: expirePopular },
+};

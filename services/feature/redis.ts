@@ -1,7 +1,7 @@
 import type { ChainableCommander } from "ioredis";
 import { Code, statusError } from "../kit/index.js";
 import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
-import { defineScripts } from "./lua.js";
+import { featureScripts } from "./lua.js";
 
 export { waitUntilReady, type RedisClient } from "../kit/redis.js";
 
@@ -10,9 +10,7 @@ export function connectRedis(
   settings: RedisSettings & { REDIS_COMMAND_TIMEOUT_MS: number },
   options: { commandTimeoutMs?: number; name?: string } = {},
 ): RedisClient {
-  const client = createRedis(settings, { commandTimeoutMs: options.commandTimeoutMs ?? settings.REDIS_COMMAND_TIMEOUT_MS, name: options.name });
-  defineScripts(client);
-  return client;
+  return createRedis(settings, { commandTimeoutMs: options.commandTimeoutMs ?? settings.REDIS_COMMAND_TIMEOUT_MS, name: options.name, scripts: featureScripts });
 }
 
 /** Runs a MULTI (or pipeline) and returns its replies, throwing the first command error. */

@@ -39,6 +39,14 @@ export interface RedisClientOptions {
   subscriber?: boolean;
   /** Logs the first failure of an outage and the recovery (never the password). */
   log?: Logger;
+  /** Lua scripts to register as commands (EVALSHA, loaded on first use), by command name. */
+  scripts?: Record<string, RedisScript>;
+}
+
+export interface RedisScript {
+  lua: string;
+  /** Read-only: may run on a replica (EVAL_RO). */
+  readOnly?: boolean;
 }
 
 const reconnectDelay = (attempt: number) => Math.min(attempt * 100, 1_000);
@@ -90,6 +98,10 @@ export function createRedis(settings: RedisSettings, options: RedisClientOptions
         },
         enableOfflineQueue: subscriber,
         enableAutoPipelining: !subscriber,
+        // ioredis files an auto-pipelined script under the slot of its first argument, the
+        // key count, so scripts for different nodes meet in one pipeline and fail it
+        // (redis/ioredis#2109). Sent on their own, they go to the node of their keys.
+        autoPipeliningIgnoredCommands: Object.keys(options.scripts ?? {}),
         clusterRetryStrategy: reconnectDelay,
         // A failover takes about cluster-node-timeout plus an election: re-read the slot
         // map soon after a node drops, and retry a command that met a CLUSTERDOWN or TRYAGAIN.
@@ -100,6 +112,7 @@ export function createRedis(settings: RedisSettings, options: RedisClientOptions
         slotsRefreshInterval: 2_000,
       })
     : new Redis(settings.REDIS_URL, { ...redisOptions, retryStrategy: reconnectDelay });
+  for (const [name, script] of Object.entries(options.scripts ?? {})) client.defineCommand(name, script);
   let failing = false;
   client.on("error", (err: Error) => {
     if (!failing) options.log?.warn({ err: err.message, redis: describeRedis(settings), client: options.name }, "redis connection error; reconnecting");
