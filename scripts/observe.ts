@@ -6,7 +6,7 @@
 // the rendered local configs trace nothing until then).
 //
 //   npm run observe                    next to a running mesh (npm start)
-//   npm run observe -- --mesh          starts a mesh of its own, its apps exporting to Zipkin
+//   npm run observe -- --mesh          starts a mesh of its own (apps exporting to Zipkin) and the console
 //   npm run observe -- --prod-rules    the alert rules as written (dev shortens their `for:`)
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -18,6 +18,7 @@ import { availableServices, startMesh, takenPorts, type Mesh } from "./mesh.js";
 import { indent, Supervised } from "./processes.js";
 import { zipkinJar } from "./setup-lib.mjs";
 import { ROOT, TOOLS_BIN } from "./tools.js";
+import { startWebConsole, type WebConsole } from "./web.js";
 
 export interface ObserveOptions {
   /** Logs, Prometheus' data and the generated configs go under <runDir>/observe (default $RECSYS_RUN_DIR, else .run/). */
@@ -187,7 +188,7 @@ export async function startObserve(options: ObserveOptions = {}): Promise<Observ
       `--storage.tsdb.path=${join(dir, "prometheus-data")}`,
       "--storage.tsdb.retention.time=1d",
       `--web.listen-address=127.0.0.1:${observePorts.prometheus}`,
-      // Debian's console templates, so /consoles works as on a packaged server.
+      // Where Debian's packaged service keeps its console templates.
       "--web.console.templates=/etc/prometheus/consoles",
       "--web.console.libraries=/etc/prometheus/console_libraries",
     ],
@@ -223,27 +224,29 @@ export async function startObserve(options: ObserveOptions = {}): Promise<Observ
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const { values } = parseArgs({ options: { mesh: { type: "boolean" }, "prod-rules": { type: "boolean" } } });
   let mesh: Mesh | undefined;
+  let web: WebConsole | undefined;
   const edgeUp = await fetch(`http://127.0.0.1:${localPorts.edgeAdmin}/ready`).then((r) => r.ok, () => false);
   if (values.mesh) {
     mesh = await startMesh({ env: appTracingEnv() });
+    web = await startWebConsole();
   } else if (!edgeUp) {
     console.error(`no mesh is running (edge admin 127.0.0.1:${localPorts.edgeAdmin} does not answer): start one with npm start, or run npm run observe -- --mesh`);
     process.exit(1);
   }
   const observe = await startObserve({ devRules: !values["prod-rules"] }).catch(async (err: Error) => {
-    await mesh?.stop();
+    await Promise.all([web?.stop(), mesh?.stop()]);
     console.error(err.message);
     process.exit(1);
   });
   console.log(`traces      ${observe.zipkinUrl}/zipkin/   (a Predict's metadata.traceId: ${observe.zipkinUrl}/zipkin/traces/<traceId>)
 metrics     ${observe.prometheusUrl}/graph   alerts ${observe.prometheusUrl}/alerts   rules ${observe.prometheusUrl}/rules
-dashboard   http://127.0.0.1:${localPorts.webConsole}/#dashboard (the console of npm start)
-${mesh ? "" : `apps export their spans when started with ${Object.entries(appTracingEnv()).map(([k, v]) => `${k}=${v}`).join(" ")}\n`}Ctrl-C stops ${mesh ? "the mesh and " : ""}the backends.`);
+dashboard   ${web?.url ?? `http://127.0.0.1:${localPorts.webConsole}`}/#dashboard (the console's "Service health")
+${mesh ? "" : `apps export their spans when started with ${Object.entries(appTracingEnv()).map(([k, v]) => `${k}=${v}`).join(" ")}\n`}Ctrl-C stops ${mesh ? "the mesh, the console and " : ""}the backends.`);
   let stopping = false;
   const shutdown = () => {
     if (stopping) process.exit(1);
     stopping = true;
-    void Promise.all([observe.stop(), mesh?.stop()]).then(() => process.exit(0));
+    void Promise.all([observe.stop(), web?.stop(), mesh?.stop()]).then(() => process.exit(0));
   };
   process.on("SIGINT", shutdown);
   process.on("SIGTERM", shutdown);
