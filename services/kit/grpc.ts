@@ -9,7 +9,7 @@ import {
   type DescService,
   type MessageShape,
 } from "@bufbuild/protobuf";
-import { Code, ConnectError, createHandlerContext, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, createContextValues, type ContextValues, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { MalformedRequest, asConnectError } from "./errors.js";
@@ -85,7 +85,10 @@ function metadataFrom(headers: Headers, into = new grpc.Metadata()): grpc.Metada
 
 /** A ConnectError as a grpc-js status, google.rpc.Status details included. */
 export function toServiceError(err: ConnectError, trailer: Headers): grpc.StatusObject {
-  const metadata = metadataFrom(trailer);
+  return toServiceErrorWith(err, metadataFrom(trailer));
+}
+
+function toServiceErrorWith(err: ConnectError, metadata: grpc.Metadata): grpc.StatusObject {
   const details = setTrailerStatus(new Headers(), err).get("grpc-status-details-bin");
   if (details) metadata.set("grpc-status-details-bin", Buffer.from(details, "base64"));
   return { code: err.code as number as grpc.status, details: err.rawMessage, metadata };
@@ -102,6 +105,97 @@ async function* validated(method: DescMethod, requests: AsyncIterable<unknown>):
 }
 
 type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown>;
+
+/**
+ * Connect's HandlerContext for a grpc-js call, built on first use: connect's
+ * createHandlerContext makes three AbortControllers, a deadline timer, a
+ * ConnectError and three Headers for every call, which most handlers never touch
+ * (issue 16's profile). The signal aborts when the caller cancels or the deadline passes.
+ */
+class GrpcHandlerContext implements HandlerContext {
+  readonly requestMethod = "POST";
+  readonly protocolName = "grpc";
+  private readonly deadlineMs: number | undefined;
+  private controller: AbortController | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private cancelled: ConnectError | undefined;
+  private lazyRequestHeader: Headers | undefined;
+  private lazyResponseHeader: Headers | undefined;
+  private lazyResponseTrailer: Headers | undefined;
+  private lazyValues: ContextValues | undefined;
+
+  constructor(
+    readonly service: DescService,
+    readonly method: DescMethod,
+    readonly url: string,
+    private readonly call: AnyCall,
+  ) {
+    const deadline = call.getDeadline();
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    this.deadlineMs = Number.isFinite(deadlineMs) ? deadlineMs : undefined;
+    call.on("cancelled", () => this.abort(new ConnectError("cancelled by the client", Code.Canceled)));
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.cancelled) this.controller.abort(this.cancelled);
+      else if (this.deadlineMs !== undefined) {
+        const timedOut = () => this.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+        this.deadlineTimer = setTimeout(timedOut, Math.max(0, this.deadlineMs - Date.now()));
+      }
+    }
+    return this.controller.signal;
+  }
+
+  /** Whether the call was cancelled or timed out, without creating a signal. */
+  get aborted(): ConnectError | undefined {
+    if (this.cancelled) return this.cancelled;
+    if (this.deadlineMs !== undefined && Date.now() >= this.deadlineMs) return new ConnectError("the operation timed out", Code.DeadlineExceeded);
+    return undefined;
+  }
+
+  readonly timeoutMs = (): number | undefined => (this.deadlineMs === undefined ? undefined : Math.max(0, this.deadlineMs - Date.now()));
+
+  get requestHeader(): Headers {
+    return (this.lazyRequestHeader ??= new Headers(headersFrom(this.call.metadata)));
+  }
+
+  get responseHeader(): Headers {
+    return (this.lazyResponseHeader ??= new Headers());
+  }
+
+  get responseTrailer(): Headers {
+    return (this.lazyResponseTrailer ??= new Headers());
+  }
+
+  get values(): ContextValues {
+    return (this.lazyValues ??= createContextValues());
+  }
+
+  /** Response headers the handler set, as metadata; undefined when it set none. */
+  headerMetadata(): grpc.Metadata | undefined {
+    const header = this.lazyResponseHeader;
+    return header && [...header.keys()].length > 0 ? metadataFrom(header) : undefined;
+  }
+
+  /** The handler's trailers plus `extra`, as metadata. */
+  trailerMetadata(extra: Record<string, string>): grpc.Metadata {
+    const metadata = this.lazyResponseTrailer ? metadataFrom(this.lazyResponseTrailer) : new grpc.Metadata();
+    for (const [key, value] of Object.entries(extra)) metadata.set(key, value);
+    return metadata;
+  }
+
+  abort(reason: ConnectError): void {
+    this.cancelled ??= reason;
+    this.controller?.abort(reason);
+    this.finish();
+  }
+
+  finish(): void {
+    clearTimeout(this.deadlineTimer);
+  }
+}
 
 /**
  * Builds the grpc-js definition and handlers for one service. Every call runs the
@@ -152,22 +246,9 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
       return methodImpl.call(impl, request, ctx);
     };
 
-    const handle = (call: AnyCall, finish: (err: ConnectError | undefined, value: unknown, trailer: Headers) => void) => {
+    const handle = (call: AnyCall, finish: (err: ConnectError | undefined, value: unknown, trailer: grpc.Metadata) => void) => {
       const started = performance.now();
-      const deadline = call.getDeadline();
-      const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-      const abort = new AbortController();
-      call.on("cancelled", () => abort.abort(new ConnectError("cancelled by the client", Code.Canceled)));
-      const ctx = createHandlerContext({
-        service,
-        method,
-        protocolName: "grpc",
-        requestMethod: "POST",
-        url: path,
-        timeoutMs: Number.isFinite(deadlineMs) ? Math.max(0, deadlineMs - Date.now()) : undefined,
-        requestSignal: abort.signal,
-        requestHeader: headersFrom(call.metadata),
-      });
+      const ctx = new GrpcHandlerContext(service, method, path, call);
       const span = tracer().startSpan(
         path.slice(1),
         { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", "rpc.service": service.typeName, "rpc.method": method.name } },
@@ -175,8 +256,9 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
       );
       // W3C traceresponse, so a caller can find this request's trace.
       const spanContext = span.spanContext();
-      ctx.responseTrailer.set("traceresponse", `00-${spanContext.traceId}-${spanContext.spanId}-01`);
+      const traceresponse = `00-${spanContext.traceId}-${spanContext.spanId}-01`;
       const done = (err: ConnectError | undefined, value: unknown) => {
+        ctx.finish();
         const code = err ? Code[err.code] : "OK";
         rpcHandled.inc({ ...labels, grpc_code: grpcCodeName(err?.code) });
         rpcHandlingSeconds.observe(labels, (performance.now() - started) / 1000);
@@ -189,23 +271,24 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
           }
         }
         span.end();
-        if ([...ctx.responseHeader.keys()].length > 0) call.sendMetadata(metadataFrom(ctx.responseHeader));
-        finish(err, value, ctx.responseTrailer);
+        const header = ctx.headerMetadata();
+        if (header) call.sendMetadata(header);
+        finish(err, value, ctx.trailerMetadata({ traceresponse }));
       };
       context.with(trace.setSpan(context.active(), span), () => {
         run(call, ctx).then(
           (value) => done(undefined, value),
           // A handler that stopped because the caller cancelled or its deadline passed
           // reports that, not an INTERNAL error with an AbortError's stack.
-          (reason: unknown) => done(ctx.signal.aborted ? ConnectError.from(ctx.signal.reason) : asConnectError(reason), undefined),
+          (reason: unknown) => done(ctx.aborted ?? asConnectError(reason), undefined),
         );
       });
     };
 
     handlers[method.localName] = (call: AnyCall, callback: grpc.sendUnaryData<unknown>) =>
       handle(call, (err, value, trailer) => {
-        if (err) callback(toServiceError(err, trailer));
-        else callback(null, value, metadataFrom(trailer));
+        if (err) callback(toServiceErrorWith(err, trailer));
+        else callback(null, value, trailer);
       });
   }
   return { definition, handlers };
