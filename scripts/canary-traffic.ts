@@ -40,6 +40,20 @@ export interface TrafficTally {
   failuresByMessage: Record<string, number>;
   /** Answers by the version that gave them (x-service-version). */
   answersByVersion: Record<string, number>;
+  /** The first failures: when each call began (ISO time) and its "CODE: message". */
+  firstFailures: { at: string; failure: string }[];
+}
+
+/** What happened between two tallies of one generator (the first failures: those after `before`). */
+export function tallySince(after: TrafficTally, before: TrafficTally): TrafficTally {
+  const diff = (a: Record<string, number>, b: Record<string, number>) => Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - (b[k] ?? 0)]).filter(([, v]) => v !== 0));
+  return {
+    calls: after.calls - before.calls,
+    failures: after.failures - before.failures,
+    failuresByMessage: diff(after.failuresByMessage, before.failuresByMessage),
+    answersByVersion: diff(after.answersByVersion, before.answersByVersion),
+    firstFailures: after.firstFailures.slice(before.firstFailures.length),
+  };
 }
 
 export interface Traffic {
@@ -53,13 +67,14 @@ export function startTraffic(o: TrafficOptions): Traffic {
   const headers = { authorization: `Bearer ${o.token}` };
   const zipf = zipfSampler(o.users.length, 1.1, o.seed ?? 42);
   const maxInFlight = o.maxInFlight ?? 64;
-  const tally: TrafficTally = { calls: 0, failures: 0, failuresByMessage: {}, answersByVersion: {} };
+  const tally: TrafficTally = { calls: 0, failures: 0, failuresByMessage: {}, answersByVersion: {}, firstFailures: [] };
   const inFlight = new Set<Promise<void>>();
   const started = performance.now();
   let issued = 0;
 
   const call = async () => {
     tally.calls++;
+    const at = new Date().toISOString();
     let version = "none";
     try {
       await client.predict({ userId: o.users[zipf()]!, numPredictions: 10 }, { headers, timeoutMs: o.timeoutMs ?? 5000, onHeader: (h) => (version = h.get("x-service-version") ?? "none") });
@@ -69,6 +84,7 @@ export function startTraffic(o: TrafficOptions): Traffic {
       const key = `${e.code}: ${e.rawMessage}`;
       tally.failures++;
       tally.failuresByMessage[key] = (tally.failuresByMessage[key] ?? 0) + 1;
+      if (tally.firstFailures.length < 20) tally.firstFailures.push({ at, failure: key });
     }
   };
   // Open loop: every tick issues the calls due by now, so a slow answer does not slow the

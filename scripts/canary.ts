@@ -82,8 +82,9 @@ export interface CanaryOptions {
   warmUsers?: string[];
   /** Users for shadow pairs (default: 200 spread over the activity list). */
   shadowUsers?: string[];
-  /** Shadow pairs in flight at once during a step. */
+  /** Shadow pairs in flight at once, and at most this many a second (default 2 and 5). */
   shadowConcurrency?: number;
+  shadowPairsPerSecond?: number;
   /** The JSON report goes here (directories created). */
   reportFile?: string;
   log?: (line: string) => void;
@@ -264,22 +265,35 @@ async function runPhase(o: CanaryOptions, g: CanaryGates, weight: number, probe:
   const skips: string[] = [];
   let running = true;
   let nextUser = 0;
+  // Paced: each pair is two full computations, on top of the callers' traffic.
+  const concurrency = o.shadowConcurrency ?? 2;
+  const spacingMs = (1000 * concurrency) / (o.shadowPairsPerSecond ?? 5);
   const shadow = Promise.all(
-    Array.from({ length: o.shadowConcurrency ?? 2 }, async () => {
+    Array.from({ length: concurrency }, async () => {
       while (running) {
+        const began = Date.now();
         const result = await probe.pair(shadowUsers[nextUser++ % shadowUsers.length]!);
         if ("skipped" in result) skips.push(result.skipped);
         else pairs.push(result);
+        await new Promise((r) => setTimeout(r, Math.max(0, spacingMs - (Date.now() - began))));
       }
     }),
   );
   let decision: StepReport["decision"] = "pass";
   let reason = "";
-  let f: StepFigures;
+  let f: StepFigures | undefined;
   try {
     for (;;) {
       await new Promise((r) => setTimeout(r, pollMs));
-      const [unavailable, edgeNow, v1Now, v2Now] = await Promise.all([v2Unavailable(o.edgeAdmin), edgeCounts(o.edgeAdmin), readAppCounters(o.metricsUrls.v1), readAppCounters(o.metricsUrls.v2)]);
+      const evidence = await Promise.all([v2Unavailable(o.edgeAdmin), edgeCounts(o.edgeAdmin), readAppCounters(o.metricsUrls.v1), readAppCounters(o.metricsUrls.v2)]).catch((err: Error) => err);
+      if (evidence instanceof Error) {
+        // Without the edge's or the apps' figures nothing can be judged: v2 gets no weight.
+        reason = `cannot read the evidence: ${evidence.message}`;
+        decision = weight === 0 ? "refuse" : "rollback";
+        if (weight > 0) await setWeight(o.edgeAdmin, 0);
+        break;
+      }
+      const [unavailable, edgeNow, v1Now, v2Now] = evidence;
       const edge = { total: edgeNow.total - edgeBefore.total, errors: edgeNow.errors - edgeBefore.errors, retries: edgeNow.retries - edgeBefore.retries };
       f = figures(edge, { v1: countersSince(v1Now, v1Before), v2: countersSince(v2Now, v2Before) }, [...pairs], [...skips], g);
       const elapsed = Date.now() - started;
@@ -304,7 +318,8 @@ async function runPhase(o: CanaryOptions, g: CanaryGates, weight: number, probe:
   }
   const durationMs = Date.now() - started;
   await shadow;
-  return { weight, startedMs: started - runStarted, durationMs, decision, reason: reason || "every figure within its limit", figures: f! };
+  f ??= figures(null, { v1: { answers: {}, stages: {} }, v2: { answers: {}, stages: {} } }, pairs, skips, g);
+  return { weight, startedMs: started - runStarted, durationMs, decision, reason: reason || "every figure within its limit", figures: f };
 }
 
 export async function runCanary(o: CanaryOptions): Promise<CanaryReport> {
@@ -328,7 +343,7 @@ export async function runCanary(o: CanaryOptions): Promise<CanaryReport> {
   }
   const users = usersByActivity();
   const probe = new CanaryProbe(o.edge, o.token);
-  report.warm = await probe.warm(o.warmUsers ?? users.slice(0, 300), 4);
+  report.warm = await probe.warm(o.warmUsers ?? users.slice(0, 300), 8);
   log(`canary: warmed v2 with ${report.warm.calls} replayed calls (${report.warm.answeredByV2} answered by v2)`);
   const shadowUsers = o.shadowUsers ?? shadowSample(users, 200);
   const gate = await runPhase(o, g, 0, probe, shadowUsers, runStarted);

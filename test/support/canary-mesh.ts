@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runCanary, type CanaryOptions, type CanaryReport } from "../../scripts/canary.js";
-import { startTraffic, usersByActivity, type TrafficTally } from "../../scripts/canary-traffic.js";
+import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "../../scripts/canary-traffic.js";
 import { setRuntime } from "../../scripts/envoy-admin.js";
 import { startMesh, type Mesh, type MeshOptions } from "../../scripts/mesh.js";
 import { edgeTokenMinter } from "./tokens.js";
@@ -17,7 +17,7 @@ export interface CanaryMesh {
   allOnV1(): Promise<void>;
   /**
    * One canary run under `rps` of cached Predict traffic that began (and warmed v1's
-   * caches) before it; returns the report and what the callers saw meanwhile.
+   * caches) before it; returns the report and what the callers saw from its start to its end.
    */
   canary(options?: Partial<CanaryOptions>, rps?: number): Promise<{ report: CanaryReport; callers: TrafficTally }>;
   stop(): Promise<void>;
@@ -44,6 +44,7 @@ export async function startCanaryMesh(options: MeshOptions = {}): Promise<Canary
       try {
         // v1 serves the hot users from its caches before the canary starts.
         while ((traffic.tally().answersByVersion.v1 ?? 0) < 150) await new Promise((r) => setTimeout(r, 100));
+        const before = traffic.tally();
         const report = await runCanary({
           edge: mesh.edge,
           edgeAdmin: mesh.edgeAdmin,
@@ -58,7 +59,7 @@ export async function startCanaryMesh(options: MeshOptions = {}): Promise<Canary
           log: () => undefined,
           ...overrides,
         });
-        return { report, callers: await traffic.stop() };
+        return { report, callers: tallySince(await traffic.stop(), before) };
       } finally {
         await traffic.stop();
       }
