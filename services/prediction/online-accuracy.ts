@@ -127,6 +127,8 @@ function ndcg(clicked: Uint8Array, positives: number): number {
 
 const live = new Set<OnlineAccuracy>();
 const offlineFigures = new Map<string, Partial<Record<OnlineMetric, number>>>();
+/** Bumped when offline figures change, so cached ratios are recomputed. */
+let offlineGeneration = 0;
 
 /** Remembers a ranker's offline figures (its manifest's metrics) for the ratios. */
 export function registerOfflineFigures(model: string, modelVersion: string, metrics: unknown): void {
@@ -136,6 +138,7 @@ export function registerOfflineFigures(model: string, modelVersion: string, metr
     if (typeof value === "number" && value > 0) figures[metric] = value;
   }
   offlineFigures.set(`${model}@${modelVersion}`, figures);
+  offlineGeneration++;
 }
 
 export const onlineMetric = new Gauge({
@@ -214,6 +217,8 @@ export class OnlineAccuracy {
   private readonly pendingIds = new Set<string>();
   private readonly series = new Map<string, Series>();
   private dropped = 0;
+  /** The figures as of the last finished list: every gauge reads them on each scrape. */
+  private computed: { figures: OnlineFigures[]; offlineGeneration: number } | undefined;
 
   constructor(options: OnlineAccuracyOptions) {
     this.serviceVersion = options.serviceVersion;
@@ -275,7 +280,10 @@ export class OnlineAccuracy {
   /** The online figures of every variant and model set, with the ratios to the offline ones. */
   figures(): OnlineFigures[] {
     this.settle();
-    return [...this.series.values()].map((s) => this.figuresOf(s));
+    if (this.computed?.offlineGeneration !== offlineGeneration) {
+      this.computed = { figures: [...this.series.values()].map((s) => this.figuresOf(s)), offlineGeneration };
+    }
+    return this.computed.figures;
   }
 
   close(): void {
@@ -294,6 +302,7 @@ export class OnlineAccuracy {
     lists.splice(lists.indexOf(list), 1);
     if (lists.length === 0) this.byUser.delete(list.userId);
     if (!keep) return;
+    this.computed = undefined;
     let series = this.series.get(list.key);
     if (!series) {
       series = { variant: list.variant, modelVersions: list.modelVersions, lists: [], next: 0 };
