@@ -156,7 +156,7 @@ function readJsonFile<T extends z.ZodType>(dir: string, file: string, id: string
  * its column order with increasing edges and shares that sum to 1: a broken
  * reference is found at load, not by a drift alert that never fires.
  */
-export function readModelReference(dir: string, id: string, featureNames: string[]): ModelReference | undefined {
+function readModelReference(dir: string, id: string, featureNames: string[]): ModelReference | undefined {
   if (!existsSync(join(dir, "reference.json"))) return undefined;
   const reference = readJsonFile(dir, "reference.json", id, referenceSchema);
   const names = reference.features.map((f) => f.name);
