@@ -44,8 +44,10 @@ export interface CanaryGates {
   zQuality: number;
   /** v2 calls at the edge per step. */
   minRequests: number;
-  /** Calls per version for a cache level's or a miss stage's comparison to count. */
+  /** Calls per version for a cache level's or a miss stage's comparison to pass a step. */
   minCompared: number;
+  /** Calls per version for such a comparison to stop a step (its zStop bound guards the small count). */
+  minToStop: number;
   /** Shadow pairs per step (and before the first). */
   minPairs: number;
 }
@@ -61,6 +63,7 @@ export const defaultGates: CanaryGates = {
   zQuality: 1.96,
   minRequests: 100,
   minCompared: 30,
+  minToStop: 10,
   minPairs: 20,
 };
 
@@ -212,12 +215,12 @@ function breach(f: StepFigures, g: CanaryGates): string {
     return `v2 failed ${f.edge.errors + f.edge.retries} of ${f.edge.requests} calls (${f.edge.retries} retried on v1): failure rate >= ${pct(f.edge.failureRate.low)} > ${pct(g.maxErrorRate)}`;
   }
   for (const [level, c] of Object.entries(f.cacheLevels)) {
-    if (Math.min(c.v1.n, c.v2.n) >= g.minCompared && c.increase.low > g.maxFallbackIncrease) {
+    if (Math.min(c.v1.n, c.v2.n) >= g.minToStop && c.increase.low > g.maxFallbackIncrease) {
       return `cache ${level}: v2 fell back on ${c.v2.fallback}/${c.v2.n}, v1 on ${c.v1.fallback}/${c.v1.n}: +${pct(c.increase.low)} or more > ${pct(g.maxFallbackIncrease)}`;
     }
   }
   for (const [stage, s] of Object.entries(f.missLatency)) {
-    if (Math.min(s.v1.n, s.v2.n) >= g.minCompared && s.increase.low > g.maxSlowIncrease) {
+    if (Math.min(s.v1.n, s.v2.n) >= g.minToStop && s.increase.low > g.maxSlowIncrease) {
       return `misses: stage ${stage} past v1's p${g.slowQuantile * 100} (${s.thresholdMs} ms) on ${s.v2.slow}/${s.v2.n} v2 calls, ${s.v1.slow}/${s.v1.n} v1 calls: +${pct(s.increase.low)} or more > ${pct(g.maxSlowIncrease)}`;
     }
   }
