@@ -12,9 +12,8 @@ export interface RankCandidate {
   sources: string[];
 }
 
-/** Inner product of the user's and the item's embeddings; 0 when either is unknown. */
-function embeddingDot(embeddings: EmbeddingArtifacts, userId: string, itemId: string): number {
-  const userRow = embeddings.users.rowOf.get(userId);
+/** Inner product of the user's (looked up once per request) and the item's embeddings; 0 when either is unknown. */
+function embeddingDot(embeddings: EmbeddingArtifacts, userRow: number | undefined, itemId: string): number {
   const itemRow = embeddings.items.rowOf.get(itemId);
   if (userRow === undefined || itemRow === undefined) return 0;
   const { dim } = embeddings;
@@ -26,10 +25,11 @@ function embeddingDot(embeddings: EmbeddingArtifacts, userId: string, itemId: st
 }
 
 function rankerInputs(set: ModelSet, userId: string, user: UserFeatures, candidates: RankCandidate[], itemFeatures: Map<string, FeatureBag>) {
+  const userRow = set.embeddings.users.rowOf.get(userId);
   const items: ItemInput[] = candidates.map((c) => ({
     category: c.category,
     features: itemFeatures.get(c.itemId) ?? {},
-    embeddingDot: embeddingDot(set.embeddings, userId, c.itemId),
+    embeddingDot: embeddingDot(set.embeddings, userRow, c.itemId),
   }));
   return { items, rows: buildRows(set.featureNames, set.facts, user, items) };
 }

@@ -26,10 +26,11 @@ export const RRF_K = 60;
 
 /**
  * Several ranked lists of one source as one: round robin by rank, each item once
- * (its best rank wins). Scores of different lists of a source are not comparable
- * (a category's counts are smaller than the overall list's), ranks are.
+ * (its best rank wins), the first `limit` of them. Scores of different lists of a
+ * source are not comparable (a category's counts are smaller than the overall
+ * list's), ranks are.
  */
-export function interleave(lists: readonly SourcedItem[][]): SourcedItem[] {
+export function interleave(lists: readonly SourcedItem[][], limit = Infinity): SourcedItem[] {
   const seen = new Set<string>();
   const out: SourcedItem[] = [];
   const longest = Math.max(0, ...lists.map((list) => list.length));
@@ -37,6 +38,7 @@ export function interleave(lists: readonly SourcedItem[][]): SourcedItem[] {
     for (const list of lists) {
       const item = list[rank];
       if (item && !seen.has(item.itemId)) {
+        if (out.length === limit) return out;
         seen.add(item.itemId);
         out.push(item);
       }

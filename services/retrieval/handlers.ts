@@ -69,18 +69,22 @@ function listSources(lists: readonly RankedList[], index: ItemIndex, filter: Sea
   const included = new Set(filter.includeCategories);
   const excludedCategories = new Set(filter.excludeCategories);
   const excludedIds = new Set(filter.excludeItemIds);
-  const allowed = (item: RankedItem): SourcedItem[] => {
-    const category = index.categoryOf(item.itemId);
-    if (category === undefined || excludedIds.has(item.itemId) || excludedCategories.has(category)) return [];
-    if (included.size > 0 && !included.has(category)) return [];
-    return [{ ...item, category }];
+  const allowed = (items: readonly RankedItem[]): SourcedItem[] => {
+    const out: SourcedItem[] = [];
+    for (const { itemId, score } of items) {
+      const category = index.categoryOf(itemId);
+      if (category === undefined || excludedIds.has(itemId) || excludedCategories.has(category)) continue;
+      if (included.size > 0 && !included.has(category)) continue;
+      out.push({ itemId, score, category });
+    }
+    return out;
   };
   // Both kinds fall back to the same static popularity: counted once, as popular.
   const staticPopular = new Set(lists.filter((list) => list.kind === "popular" && list.fallback).map((list) => list.category));
   const used = lists.filter((list) => !(list.kind === "trending" && list.fallback && staticPopular.has(list.category)));
   return listKinds.map((kind) => ({
     source: listSource(kind),
-    items: interleave(used.filter((list) => list.kind === kind).map((list) => list.items.flatMap(allowed))).slice(0, k),
+    items: interleave(used.filter((list) => list.kind === kind).map((list) => allowed(list.items)), k),
   }));
 }
 
@@ -208,7 +212,7 @@ export function retrievalService(config: RetrievalConfig, resources: () => Retri
         if (!normalize(vector)) throw invalidArgument(`${field}.embedding`, "must not be all zeros");
         return { itemId: item.itemId, category: item.category, vector };
       });
-      const { inserted, updated } = store.upsert(items);
+      const { inserted, updated } = await store.upsert(items);
       return { inserted, updated, indexVersion: store.index.version };
     },
 
