@@ -49,7 +49,7 @@ export function appTracingEnv(): Record<string, string> {
 
 /** The project's rule files: observability/alerts.yml and observability/rules/*.yml (their promtool tests aside). */
 export function ruleFiles(): string[] {
-  const extra = readdirSync(join(RULES_DIR, "rules"), { withFileTypes: true })
+  const extra = (existsSync(join(RULES_DIR, "rules")) ? readdirSync(join(RULES_DIR, "rules"), { withFileTypes: true }) : [])
     .filter((e) => e.isFile() && e.name.endsWith(".yml") && !e.name.endsWith(".test.yml"))
     .map((e) => join(RULES_DIR, "rules", e.name));
   return [join(RULES_DIR, "alerts.yml"), ...extra.sort()];
@@ -142,6 +142,7 @@ export async function startObserve(options: ObserveOptions = {}): Promise<Observ
   const interval = options.intervalSeconds ?? 2;
   const services = options.only ?? availableServices();
 
+  if (!existsSync(zipkinJar)) throw new Error(`Zipkin's server is not installed (${zipkinJar}): npm run setup -- --only zipkin`);
   const taken = await takenPorts([
     { port: observePorts.zipkin, what: "zipkin" },
     { port: observePorts.prometheus, what: "prometheus" },

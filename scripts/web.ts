@@ -61,6 +61,8 @@ export interface ConsoleStats {
 export interface ConsoleDashboard {
   at: string;
   prometheus: { reachable: boolean; error?: string };
+  /** Whether Zipkin answers, so the page links trace ids only when they lead somewhere. */
+  zipkin: { reachable: boolean };
   panels: (Omit<ConsolePanel, "query"> & { rows: { labels: Record<string, string>; value: number | null }[] })[];
   alerts: { name: string; state: string; severity: string; summary: string }[];
 }
@@ -154,8 +156,9 @@ async function askPrometheus<T>(prometheusUrl: string, path: string): Promise<T>
 }
 
 /** The dashboard's panels and Prometheus' active alerts, read now. */
-async function readDashboard(prometheusUrl: string): Promise<ConsoleDashboard> {
+async function readDashboard(prometheusUrl: string, zipkinUrl: string): Promise<ConsoleDashboard> {
   const at = new Date().toISOString();
+  const zipkin = { reachable: await fetch(`${zipkinUrl}/health`, { signal: AbortSignal.timeout(2000) }).then((r) => r.ok, () => false) };
   try {
     const panels = await Promise.all(
       consolePanels.map(async ({ query, ...panel }) => {
@@ -170,11 +173,12 @@ async function readDashboard(prometheusUrl: string): Promise<ConsoleDashboard> {
     return {
       at,
       prometheus: { reachable: true },
+      zipkin,
       panels,
       alerts: alerts.map((a) => ({ name: a.labels.alertname ?? "", state: a.state, severity: a.labels.severity ?? "", summary: a.annotations.summary ?? "" })),
     };
   } catch (err) {
-    return { at, prometheus: { reachable: false, error: err instanceof Error ? err.message : String(err) }, panels: [], alerts: [] };
+    return { at, prometheus: { reachable: false, error: err instanceof Error ? err.message : String(err) }, zipkin, panels: [], alerts: [] };
   }
 }
 
@@ -211,7 +215,7 @@ export async function startWebConsole(options: WebConsoleOptions = {}): Promise<
     if (file) return send(res, 200, file.type, file.body);
     if (path === "/config.json") return send(res, 200, "application/json", JSON.stringify({ edge: edgeUrl, zipkin: zipkinUrl }));
     if (path === "/api/stats") return send(res, 200, "application/json", JSON.stringify(await readStats()));
-    if (path === "/api/dashboard") return send(res, 200, "application/json", JSON.stringify(await readDashboard(prometheusUrl)));
+    if (path === "/api/dashboard") return send(res, 200, "application/json", JSON.stringify(await readDashboard(prometheusUrl, zipkinUrl)));
     send(res, 404, "text/plain", "not found\n");
   };
   const server = createServer((req, res) => {

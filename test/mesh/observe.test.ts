@@ -10,6 +10,7 @@ import { chromium, type Browser } from "playwright-core";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+import { localPorts } from "../../envoy/topology.js";
 import { startMesh, type Mesh } from "../../scripts/mesh.js";
 import { appTracingEnv, startObserve, type Observe } from "../../scripts/observe.js";
 import { ROOT } from "../../scripts/tools.js";
@@ -17,6 +18,7 @@ import { startWebConsole, type ConsoleDashboard, type WebConsole } from "../../s
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const TRACE_SCREENSHOT = join(ROOT, "docs", "trace.png");
+const DASHBOARD_SCREENSHOT = join(ROOT, "docs", "dashboard.png");
 const GRAFANA = join(ROOT, "observability", "grafana", "recsys-mesh.json");
 
 let mesh: Mesh;
@@ -29,7 +31,8 @@ beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH to a Chromium binary`);
   mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn", ...appTracingEnv() } });
   observe = await startObserve({ runDir });
-  web = await startWebConsole({ port: 0, edgeUrl: `http://${mesh.edge}`, prometheusUrl: observe.prometheusUrl, zipkinUrl: observe.zipkinUrl });
+  // On its usual port: the one origin the edge's CORS allow-list admits.
+  web = await startWebConsole({ port: localPorts.webConsole, edgeUrl: `http://${mesh.edge}`, prometheusUrl: observe.prometheusUrl, zipkinUrl: observe.zipkinUrl });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 }, 300_000);
 afterAll(async () => {
@@ -150,6 +153,7 @@ describe("the console's dashboard, from Prometheus", () => {
       () => dashboard,
     );
     expect(dashboard!.prometheus.reachable).toBe(true);
+    expect(dashboard!.zipkin.reachable).toBe(true);
     for (const app of ["prediction", "feature", "retrieval"]) expect(row("rate", { app })?.value, app).toBeGreaterThan(0);
     expect(row("errors", { app: "prediction", version: "v1" })?.value).toBeGreaterThanOrEqual(0);
     expect(row("p95", { app: "prediction", version: "v1" })?.value).toBeGreaterThan(0);
@@ -166,6 +170,14 @@ describe("the console's dashboard, from Prometheus", () => {
       await page.locator('#dashboard[data-samples] figure[data-panel="rate"] tbody tr').first().waitFor({ timeout: 30_000 });
       expect(await page.locator('figure[data-panel="rate"] tbody').textContent()).toContain("prediction");
       expect(await page.locator("#dashboard-status").getAttribute("class")).not.toBe("error");
+      // An answer's trace id links to its trace in Zipkin.
+      await page.getByRole("button", { name: "Predict" }).click();
+      const link = page.getByRole("link", { name: "open in Zipkin" });
+      await link.waitFor({ timeout: 30_000 });
+      expect(await link.getAttribute("href")).toBe(`${observe.zipkinUrl}/zipkin/traces/${await page.locator("#meta-trace").textContent()}`);
+      // The picture for docs/: the dashboard with live figures.
+      await page.setViewportSize({ width: 1280, height: 900 });
+      await page.locator("#dashboard").screenshot({ path: DASHBOARD_SCREENSHOT });
     } finally {
       await page.close();
     }

@@ -15,6 +15,7 @@ interface ConsoleStats {
 
 interface ConsoleDashboard {
   prometheus: { reachable: boolean; error?: string };
+  zipkin: { reachable: boolean };
   panels: { id: string; title: string; by: string[]; unit: "per_second" | "ratio" | "seconds"; rows: { labels: Record<string, string>; value: number | null }[] }[];
   alerts: { name: string; state: string; severity: string; summary: string }[];
 }
@@ -105,8 +106,9 @@ function renderAnswer(res: PredictResponse, protocol: Protocol, servedBy: string
   text("meta-latency", `${(meta?.latencyMs ?? 0).toFixed(1)} ms`);
   text("meta-trace", meta?.traceId || "–");
   const traceLink = byId<HTMLAnchorElement>("meta-trace-link");
-  traceLink.hidden = !(zipkin && meta?.traceId);
-  if (zipkin && meta?.traceId) traceLink.href = `${zipkin}/zipkin/traces/${meta.traceId}`;
+  // Shown once the dashboard has seen Zipkin answer (npm run observe).
+  traceLink.dataset.trace = zipkin && meta?.traceId ? `${zipkin}/zipkin/traces/${meta.traceId}` : "";
+  showTraceLink();
   byId("meta").hidden = false;
   renderStages(meta?.stages ?? []);
   renderItems(res);
@@ -234,7 +236,18 @@ function renderPanel(panel: ConsoleDashboard["panels"][number]): HTMLElement {
   return figure;
 }
 
+let zipkinReachable = false;
+
+function showTraceLink() {
+  const link = byId<HTMLAnchorElement>("meta-trace-link");
+  link.hidden = !(zipkinReachable && link.dataset.trace);
+  if (!link.hidden) link.href = link.dataset.trace!;
+}
+
 function renderDashboard(d: ConsoleDashboard) {
+  zipkinReachable = d.zipkin.reachable;
+  showTraceLink();
+  byId("dashboard-body").hidden = !d.prometheus.reachable;
   const alerts = byId<HTMLUListElement>("alerts");
   alerts.replaceChildren(
     ...(d.alerts.length
@@ -255,8 +268,8 @@ function setupDashboard() {
     try {
       const d = (await (await fetch("/api/dashboard")).json()) as ConsoleDashboard;
       renderDashboard(d);
-      status.className = d.prometheus.reachable ? "" : "error";
-      status.textContent = d.prometheus.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : `Prometheus does not answer (npm run observe runs it): ${d.prometheus.error ?? ""}`;
+      status.className = "";
+      status.textContent = d.prometheus.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : "Prometheus is not running here: npm run observe starts it (and Zipkin).";
       byId("dashboard").dataset.samples = String(Number(byId("dashboard").dataset.samples ?? 0) + 1);
     } catch {
       status.className = "error";
