@@ -16,6 +16,7 @@ const redisSuites = [
   "services/feature/test/aggregator.test.ts",
   "services/experiment/test/server.test.ts",
   "services/retrieval/test/candidates.test.ts",
+  "services/retrieval/test/replicas.test.ts",
   "services/prediction/test/exposures.test.ts",
 ];
 

@@ -14,6 +14,15 @@ export const retrievalConfigShape = {
   RETRIEVAL_DATA_DIR: z.string().min(1).default(".run/retrieval"),
   /** Popular and trending lists maintained by the feature service. */
   ...redisConfigShape,
+  /**
+   * Replicas that agree: upserts and deletes go to a Redis Stream per embeddings version
+   * that every replica applies in order (false: this process's own file log, for one replica).
+   */
+  REPLICATE_INDEX_OPS: z.stringbool().default(false),
+  /** Bound on appending to and reading the replicated log. */
+  INDEX_LOG_TIMEOUT_MS: positiveInt(2_000, 60_000),
+  /** A write answers UNAVAILABLE if this replica has not applied it by then (it stays logged and is applied later). */
+  INDEX_LOG_APPLY_WAIT_MS: positiveInt(10_000, 120_000),
   /** A popular-list read slower than this falls back to the catalogue's static popularity. */
   REDIS_TIMEOUT_MS: positiveInt(100, 10_000),
   HNSW_M: z.coerce.number().int().min(4).max(64).default(16),

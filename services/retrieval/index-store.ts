@@ -1,7 +1,21 @@
-import type { Logger } from "../kit/index.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, statusError, type Logger } from "../kit/index.js";
 import { ItemIndex, newIndexVersion, type HnswParams, type ItemRows, type ItemUpsert } from "./item-index.js";
-import { observeIndex, rebuildReplayedOps, rebuildSeconds } from "./metrics.js";
-import { IndexFiles, type IndexOp } from "./persistence.js";
+import { observeIndex, rebuildReplayedOps, rebuildSeconds, replicatedOpsApplied } from "./metrics.js";
+import { compareIds, type OpsStream, type StreamEntry } from "./ops-log.js";
+import { IndexFiles, type IndexOp, type IndexOpBody } from "./persistence.js";
+
+type UpsertResult = { inserted: number; updated: number };
+type DeleteResult = { deleted: number; notFound: number };
+type OpResult = UpsertResult | DeleteResult;
+
+export interface Replication {
+  stream: OpsStream;
+  /** How long a write waits for this replica to apply it before answering UNAVAILABLE (it stays logged). */
+  applyWaitMs: number;
+  /** How long one blocking read of the stream waits for new entries. */
+  blockMs: number;
+}
 
 export interface RebuildResult {
   previousVersion: string;
@@ -22,12 +36,18 @@ export interface OpenOptions {
   /** The artifacts' items, read only when the index is built from them. */
   artifactRows: () => ItemRows;
   log: Logger;
+  /** Writes go through a replicated log every replica applies; without it, through this process's file log. */
+  replication?: Replication;
 }
 
-function apply(index: ItemIndex, op: IndexOp): void {
-  if ("upsert" in op) index.upsert(op.upsert);
-  else index.delete(op.delete);
+function apply(index: ItemIndex, op: IndexOpBody): OpResult {
+  return "upsert" in op ? index.upsert(op.upsert) : index.delete(op.delete);
 }
+
+/** Results of this replica's latest stream entries, kept for writers whose XADD answer came after the entry was applied. */
+const RECENT_RESULTS = 1_000;
+/** Entries read from the stream per call. */
+const READ_COUNT = 500;
 
 /**
  * The live index and its life: built from the artifacts or loaded from the newer
@@ -42,18 +62,41 @@ function apply(index: ItemIndex, op: IndexOp): void {
  */
 export class IndexStore {
   private rebuilding?: { pending: IndexOp[]; result: Promise<RebuildResult> };
+  /** With replication: writers waiting for their entry to be applied here, by stream id. */
+  private readonly waiting = new Map<string, (result: OpResult) => void>();
+  private readonly recentResults = new Map<string, OpResult>();
+  private readonly stopped = new AbortController();
+  private tailing: Promise<void> | undefined;
+  /** Failed reads of the replicated log in a row. */
+  private logFailures = 0;
 
   private constructor(
     private live: ItemIndex,
     /** The last op applied. */
     private seq: number,
+    /** With replication: the id of the last stream entry applied. */
+    private streamId: string,
     private readonly files: IndexFiles,
     private readonly options: OpenOptions,
   ) {
     observeIndex(live);
   }
 
+  /**
+   * Loads the saved snapshot (or builds from the artifacts) and, with replication,
+   * applies every stream entry after the snapshot's position before resolving, then
+   * keeps applying new ones in the background.
+   */
   static async open(options: OpenOptions): Promise<IndexStore> {
+    const store = await IndexStore.load(options);
+    if (options.replication) {
+      await store.catchUp();
+      store.tailing = store.tail(options.replication);
+    }
+    return store;
+  }
+
+  private static async load(options: OpenOptions): Promise<IndexStore> {
     const { log } = options;
     const files = new IndexFiles(options.dataDir, log);
     const saved = await files.current();
@@ -62,8 +105,8 @@ export class IndexStore {
       if (index.dim !== options.dim) throw new Error(`${saved.dir}: saved index has dimension ${index.dim}, the artifacts ${options.dim}`);
       const ops = files.opsAfter(saved.seq);
       for (const op of ops) apply(index, op);
-      log.info({ version: index.version, items: index.size, replayedOps: ops.length, dir: saved.dir }, "index loaded from its saved snapshot");
-      return new IndexStore(index, ops.at(-1)?.seq ?? saved.seq, files, options);
+      log.info({ version: index.version, items: index.size, replayedOps: ops.length, dir: saved.dir, streamId: saved.streamId }, "index loaded from its saved snapshot");
+      return new IndexStore(index, ops.at(-1)?.seq ?? saved.seq, saved.streamId ?? "0-0", files, options);
     }
 
     // The artifacts are newer (a new training run): ops logged against the old index
@@ -76,9 +119,17 @@ export class IndexStore {
       origin: "artifacts",
     });
     const seq = stale.at(-1)?.seq ?? saved?.seq ?? 0;
-    files.commit(await files.write(index), seq);
+    // With replication the stream holds this embeddings version's writes from its start: all of them apply to the fresh build.
+    files.commit(await files.write(index), seq, options.replication ? "0-0" : undefined);
     log.info({ version: index.version, items: index.size, buildMs: Math.round(performance.now() - started) }, "index built from the artifacts");
-    return new IndexStore(index, seq, files, options);
+    return new IndexStore(index, seq, "0-0", files, options);
+  }
+
+  /** Stops applying the replicated log. */
+  async close(): Promise<void> {
+    this.stopped.abort();
+    this.options.replication?.stream.close();
+    await this.tailing;
   }
 
   /** The live index. Read it once per call and use that object throughout. */
@@ -86,26 +137,102 @@ export class IndexStore {
     return this.live;
   }
 
-  /** Logs, then applies; searchable when this returns. */
-  upsert(items: ItemUpsert[]): { inserted: number; updated: number } {
-    const op = { seq: this.seq + 1, upsert: items };
-    this.files.append(op);
+  /** Logs, then applies; searchable here when this resolves (on the other replicas a moment later). */
+  async upsert(items: ItemUpsert[]): Promise<UpsertResult> {
+    return (await this.write({ upsert: items })) as UpsertResult;
+  }
+
+  /** Logs, then applies; never returned again here when this resolves (on the other replicas a moment later). */
+  async delete(itemIds: string[]): Promise<DeleteResult> {
+    return (await this.write({ delete: itemIds })) as DeleteResult;
+  }
+
+  private async write(op: IndexOpBody): Promise<OpResult> {
+    const replication = this.options.replication;
+    if (!replication) {
+      const logged = { seq: this.seq + 1, ...op };
+      this.files.append(logged);
+      return this.applyLocally(logged);
+    }
+    let id: string;
+    try {
+      id = await replication.stream.append(op);
+    } catch (err) {
+      throw statusError(Code.Unavailable, "INDEX_LOG_UNAVAILABLE", `the replicated index log (Redis) is unavailable; nothing was written: ${(err as Error).message}`);
+    }
+    const done = this.recentResults.get(id);
+    if (done) return done;
+    return new Promise<OpResult>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(statusError(Code.Unavailable, "INDEX_LOG_LAGGING", `logged as ${id} but not applied by this replica within ${replication.applyWaitMs} ms; it will be`));
+      }, replication.applyWaitMs);
+      this.waiting.set(id, (result) => {
+        clearTimeout(timer);
+        resolve(result);
+      });
+    });
+  }
+
+  private applyLocally(op: IndexOp): OpResult {
     this.seq = op.seq;
     this.rebuilding?.pending.push(op);
-    const result = this.live.upsert(items);
+    const result = apply(this.live, op);
     observeIndex(this.live);
     return result;
   }
 
-  /** Logs, then applies; never returned again when this returns. */
-  delete(itemIds: string[]): { deleted: number; notFound: number } {
-    const op = { seq: this.seq + 1, delete: itemIds };
-    this.files.append(op);
-    this.seq = op.seq;
-    this.rebuilding?.pending.push(op);
-    const result = this.live.delete(itemIds);
-    observeIndex(this.live);
-    return result;
+  /** Applies a stream entry (in stream order) and answers the writer waiting for it, if it is here. */
+  private applyEntry({ id, op }: StreamEntry): void {
+    if (compareIds(id, this.streamId) <= 0) return;
+    const result = this.applyLocally({ seq: this.seq + 1, ...op });
+    this.streamId = id;
+    replicatedOpsApplied.inc();
+    this.recentResults.set(id, result);
+    if (this.recentResults.size > RECENT_RESULTS) this.recentResults.delete(this.recentResults.keys().next().value!);
+    const writer = this.waiting.get(id);
+    if (writer) {
+      this.waiting.delete(id);
+      writer(result);
+    }
+  }
+
+  /**
+   * Applies every entry already in the stream: the replica is not ready before, so it
+   * waits (retrying) for a Redis that is not there yet.
+   */
+  private async catchUp(): Promise<void> {
+    const { stream } = this.options.replication!;
+    let caughtUp = false;
+    while (!caughtUp && !this.stopped.signal.aborted) {
+      await this.readingLog(async () => {
+        const entries = await stream.readAfter(this.streamId, READ_COUNT);
+        for (const entry of entries) this.applyEntry(entry);
+        caughtUp = entries.length < READ_COUNT;
+      });
+    }
+  }
+
+  /** Applies new entries as they come. */
+  private async tail({ stream, blockMs }: Replication): Promise<void> {
+    while (!this.stopped.signal.aborted) {
+      await this.readingLog(async () => {
+        for (const entry of await stream.readAfter(this.streamId, READ_COUNT, blockMs)) this.applyEntry(entry);
+      });
+    }
+  }
+
+  /** One read of the log; a failing Redis is logged once per outage and retried after a growing pause. */
+  private async readingLog(read: () => Promise<void>): Promise<void> {
+    try {
+      await read();
+      if (this.logFailures > 0) this.options.log.info({ streamId: this.streamId }, "replicated index log readable again");
+      this.logFailures = 0;
+    } catch (err) {
+      if (this.stopped.signal.aborted) return;
+      if (this.logFailures++ === 0) this.options.log.warn({ err: (err as Error).message }, "cannot read the replicated index log; retrying");
+      await sleep(Math.min(100 * this.logFailures, 2_000), undefined, { signal: this.stopped.signal }).catch(() => undefined);
+    }
   }
 
   /** Compacts the live items into a fresh index and swaps it in. A call during a rebuild joins it. */
@@ -122,6 +249,7 @@ export class IndexStore {
     const started = performance.now();
     const previous = this.live;
     const seqAtStart = this.seq;
+    const streamIdAtStart = this.streamId;
     try {
       const next = await ItemIndex.build(previous.liveRows(), previous.dim, this.options.params, {
         version: newIndexVersion(this.options.versionPrefix),
@@ -133,7 +261,7 @@ export class IndexStore {
       });
       // Synchronous from here to the swap: no op can arrive in between.
       for (const op of pending) apply(next, op);
-      if (snapshotDir) this.commitQuietly(snapshotDir, seqAtStart);
+      if (snapshotDir) this.commitQuietly(snapshotDir, seqAtStart, streamIdAtStart);
       this.live = next;
       observeIndex(next);
       const buildMs = performance.now() - started;
@@ -147,9 +275,9 @@ export class IndexStore {
   }
 
   /** A failed save keeps the old snapshot and the whole op log committed, so a restart loses nothing. */
-  private commitQuietly(snapshotDir: string, seq: number): void {
+  private commitQuietly(snapshotDir: string, seq: number, streamId: string): void {
     try {
-      this.files.commit(snapshotDir, seq);
+      this.files.commit(snapshotDir, seq, this.options.replication ? streamId : undefined);
     } catch (err) {
       this.options.log.error({ err }, "could not commit the rebuilt index's snapshot; serving it from memory");
     }

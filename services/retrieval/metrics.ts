@@ -38,6 +38,12 @@ export const rebuildReplayedOps = new Counter({
   registers: [registry],
 });
 
+export const replicatedOpsApplied = new Counter({
+  name: "recsys_retrieval_replicated_ops_total",
+  help: "Upserts and deletes applied from the replicated index log (every replica applies every one).",
+  registers: [registry],
+});
+
 const indexItems = new Gauge({
   name: "recsys_retrieval_index_items",
   help: "Items in the live index: live, or deleted but still in the graph until compaction.",

@@ -4,44 +4,48 @@ import { join } from "node:path";
 import type { Logger } from "../kit/index.js";
 import type { ItemIndex, ItemUpsert } from "./item-index.js";
 
-/** An accepted mutation, in the order it was applied. */
-export type IndexOp = { seq: number; upsert: ItemUpsert[] } | { seq: number; delete: string[] };
+/** A mutation of the index. */
+export type IndexOpBody = { upsert: ItemUpsert[] } | { delete: string[] };
+/** An accepted mutation, numbered in the order it was applied. */
+export type IndexOp = IndexOpBody & { seq: number };
 
-interface SavedOp {
-  seq: number;
+interface SavedOpBody {
   upsert?: { id: string; category: string; vector: string }[];
   delete?: string[];
 }
+type SavedOp = SavedOpBody & { seq: number };
 
 export interface SavedSnapshot {
   dir: string;
   /** The last op the snapshot contains; later ops are replayed from the log. */
   seq: number;
+  /** With a replicated log: the id of the last stream entry the snapshot contains. */
+  streamId?: string;
   savedMs: number;
 }
 
-function encode(op: IndexOp): string {
-  const saved: SavedOp =
-    "upsert" in op
-      ? {
-          seq: op.seq,
-          // base64 float32 keeps every bit of the vector and is 3x smaller than JSON numbers.
-          upsert: op.upsert.map((item) => ({ id: item.itemId, category: item.category, vector: Buffer.from(item.vector.buffer, item.vector.byteOffset, item.vector.byteLength).toString("base64") })),
-        }
-      : { seq: op.seq, delete: op.delete };
-  return `${JSON.stringify(saved)}\n`;
+function savedBody(op: IndexOpBody): SavedOpBody {
+  if ("delete" in op) return { delete: op.delete };
+  // base64 float32 keeps every bit of the vector and is 3x smaller than JSON numbers.
+  return { upsert: op.upsert.map((item) => ({ id: item.itemId, category: item.category, vector: Buffer.from(item.vector.buffer, item.vector.byteOffset, item.vector.byteLength).toString("base64") })) };
 }
 
-function decode(saved: SavedOp): IndexOp {
-  if (saved.delete) return { seq: saved.seq, delete: saved.delete };
+function opBody(saved: SavedOpBody): IndexOpBody {
+  if (saved.delete) return { delete: saved.delete };
   return {
-    seq: saved.seq,
     upsert: (saved.upsert ?? []).map((item) => {
       const bytes = Buffer.from(item.vector, "base64");
       return { itemId: item.id, category: item.category, vector: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)) };
     }),
   };
 }
+
+/** An op as one JSON text (the replicated log's entries). */
+export const encodeOp = (op: IndexOpBody): string => JSON.stringify(savedBody(op));
+export const decodeOp = (text: string): IndexOpBody => opBody(JSON.parse(text) as SavedOpBody);
+
+const encode = (op: IndexOp): string => `${JSON.stringify({ seq: op.seq, ...savedBody(op) })}\n`;
+const decode = (saved: SavedOp): IndexOp => ({ seq: saved.seq, ...opBody(saved) });
 
 /**
  * What survives a restart, under <data dir>/<embeddings version>/: index snapshots
@@ -67,10 +71,10 @@ export class IndexFiles {
   /** The committed snapshot, if any. */
   async current(): Promise<SavedSnapshot | undefined> {
     if (!existsSync(this.currentFile)) return undefined;
-    const { snapshot, seq } = JSON.parse(readFileSync(this.currentFile, "utf8")) as { snapshot: string; seq: number };
+    const { snapshot, seq, streamId } = JSON.parse(readFileSync(this.currentFile, "utf8")) as { snapshot: string; seq: number; streamId?: string };
     const dir = join(this.snapshotsDir, snapshot);
     if (!existsSync(dir)) return undefined;
-    return { dir, seq, savedMs: (await stat(this.currentFile)).mtimeMs };
+    return { dir, seq, streamId, savedMs: (await stat(this.currentFile)).mtimeMs };
   }
 
   /** Writes index to a new snapshot directory; it becomes live only with commit(). */
@@ -85,12 +89,12 @@ export class IndexFiles {
    * Makes a written snapshot the live one and drops the ops it contains from the
    * log. Synchronous, so no append slips in between.
    */
-  commit(snapshotDir: string, seq: number): void {
+  commit(snapshotDir: string, seq: number, streamId?: string): void {
     const ops = this.readOpsSync().filter((op) => op.seq > seq);
     const tmpOps = `${this.opsFile}.tmp`;
     writeFileSync(tmpOps, ops.map(encode).join(""));
     const tmpCurrent = `${this.currentFile}.tmp`;
-    writeFileSync(tmpCurrent, JSON.stringify({ snapshot: snapshotDir.slice(this.snapshotsDir.length + 1), seq }));
+    writeFileSync(tmpCurrent, JSON.stringify({ snapshot: snapshotDir.slice(this.snapshotsDir.length + 1), seq, streamId }));
     renameSync(tmpCurrent, this.currentFile);
     renameSync(tmpOps, this.opsFile);
     for (const name of readdirSync(this.snapshotsDir)) {

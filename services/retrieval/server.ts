@@ -6,6 +6,7 @@ import { loadRetrievalConfig } from "./config.js";
 import { retrievalService, type RetrievalResources } from "./handlers.js";
 import { IndexStore } from "./index-store.js";
 import { normalize } from "./item-index.js";
+import { OpsStream, opsStreamKey } from "./ops-log.js";
 import { PopularLists, staticPopularity } from "./popular.js";
 
 export interface RetrievalServer extends RunningServer {
@@ -23,13 +24,25 @@ export async function startRetrievalService(env: Record<string, string | undefin
   const log = createLogger("retrieval", config.LOG_LEVEL);
   let resources: RetrievalResources | undefined;
   let popular: PopularLists | undefined;
+  let store: IndexStore | undefined;
   const running = await startServer({
     name: "retrieval",
     config,
     log,
     services: [retrievalService(config, () => resources)],
-    onShutdown: async () => popular?.close(),
+    onShutdown: async () => {
+      popular?.close();
+      await store?.close();
+    },
   });
+  const blockMs = 1_000;
+  const replication = config.REPLICATE_INDEX_OPS
+    ? {
+        stream: new OpsStream(config, opsStreamKey(config.EMBEDDINGS_VERSION), { commandTimeoutMs: config.INDEX_LOG_TIMEOUT_MS, blockMs, log }),
+        applyWaitMs: config.INDEX_LOG_APPLY_WAIT_MS,
+        blockMs,
+      }
+    : undefined;
 
   const load = async () => {
     const embeddingsDir = join(config.MODELS_DIR, "embeddings", config.EMBEDDINGS_VERSION);
@@ -41,7 +54,7 @@ export async function startRetrievalService(env: Record<string, string | undefin
     popular = new PopularLists(config, config.REDIS_TIMEOUT_MS, staticPopularity(catalog), log);
     const categoryOf = new Map(catalog.map((item) => [item.itemId, item.category]));
     const { dim, items } = artifacts;
-    const store = await IndexStore.open({
+    store = await IndexStore.open({
       dataDir: join(config.RETRIEVAL_DATA_DIR, config.EMBEDDINGS_VERSION),
       versionPrefix: config.EMBEDDINGS_VERSION,
       dim,
@@ -52,6 +65,7 @@ export async function startRetrievalService(env: Record<string, string | undefin
         return { ids: items.ids, categories: items.ids.map((id) => categoryOf.get(id) ?? ""), vectors: items.vectors };
       },
       log,
+      replication,
     });
     resources = { store, users: artifacts.users, popular };
     running.setReady(true);
