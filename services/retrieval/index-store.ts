@@ -59,6 +59,11 @@ const READ_COUNT = 500;
  * freed by GC when the last of them lets go. Ops accepted during a rebuild are
  * applied to the old index at once and replayed on the new one right before the
  * swap, in the same synchronous step, so none is lost.
+ *
+ * With replication, a write is appended to the shared stream and answered once this
+ * replica has applied it; every replica applies every entry in stream order, so ops
+ * from all replicas land in the same order everywhere. The stream is the log then:
+ * the file log stays empty and a snapshot records the last stream id it contains.
  */
 export class IndexStore {
   private rebuilding?: { pending: IndexOp[]; result: Promise<RebuildResult> };
