@@ -43,27 +43,30 @@ describe("setup on a machine without the tools", () => {
     expect(result.stderr).not.toMatch(/is not defined|TypeError|SyntaxError/);
   });
 
-  it("installs redis-server with apt-get when it is missing and it may (root)", () => {
+  it.each([
+    { step: "redis", binary: "redis-server", install: "install -y -qq redis-server" },
+    { step: "prometheus", binary: "prometheus", install: "install -y -qq --no-install-recommends prometheus" },
+  ])("installs $binary with apt-get when it is missing and it may (root)", ({ step, binary, install }) => {
     const path = barePath();
     const log = join(path, "apt-get.log");
-    // apt-get stands in for Debian's: it records its arguments and "installs" a
-    // redis-server, so the step after the install (stopping the system service,
-    // finding the binary) runs as it would.
+    // apt-get stands in for Debian's: it records its arguments and "installs" the
+    // binary, so the steps after the install (stopping the system service, finding
+    // the binary) run as they would.
     writeFileSync(
       join(path, "apt-get"),
-      `#!/bin/sh\necho "$@" >> ${log}\nif [ "$1" = install ]; then printf '#!/bin/sh\\necho redis\\n' > ${join(path, "redis-server")}; /bin/chmod +x ${join(path, "redis-server")}; fi\n`,
+      `#!/bin/sh\necho "$@" >> ${log}\nif [ "$1" = install ]; then printf '#!/bin/sh\\necho ${binary}\\n' > ${join(path, binary)}; /bin/chmod +x ${join(path, binary)}; fi\n`,
     );
     chmodSync(join(path, "apt-get"), 0o755);
-    const result = runSetup(path, "redis");
+    const result = runSetup(path, step);
     if (process.getuid?.() !== 0) {
       expect(result.status).toBe(1);
-      expect(result.stderr).toContain("redis-server not found: install it");
+      expect(result.stderr).toContain(`${binary} not found: install it`);
       return;
     }
     expect(result.stderr).toBe("");
     expect(result.status).toBe(0);
-    expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(["update -qq", "install -y -qq redis-server"]);
-    expect(existsSync(join(path, "redis-server"))).toBe(true);
+    expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(["update -qq", install]);
+    expect(existsSync(join(path, binary))).toBe(true);
   });
 
   it("names what Zipkin's server and Prometheus need when they are missing", () => {
@@ -101,25 +104,6 @@ describe("setup on a machine without the tools", () => {
     expect(calls).toHaveLength(1);
     expect(calls[0]).toContain("dependency:copy -Dartifact=io.zipkin:zipkin-server:3.5.1:jar:exec");
     expect(readFileSync(join(tools, "zipkin", "zipkin-server-exec.jar"), "utf8")).toBe("jar\n");
-  });
-
-  it("installs prometheus with apt-get when it is missing and it may (root)", () => {
-    const path = barePath();
-    const log = join(path, "apt-get.log");
-    writeFileSync(
-      join(path, "apt-get"),
-      `#!/bin/sh\necho "$@" >> ${log}\nif [ "$1" = install ]; then printf '#!/bin/sh\\necho prometheus\\n' > ${join(path, "prometheus")}; /bin/chmod +x ${join(path, "prometheus")}; fi\n`,
-    );
-    chmodSync(join(path, "apt-get"), 0o755);
-    const result = runSetup(path, "prometheus");
-    if (process.getuid?.() !== 0) {
-      expect(result.status).toBe(1);
-      expect(result.stderr).toContain("prometheus not found: install it");
-      return;
-    }
-    expect(result.stderr).toBe("");
-    expect(result.status).toBe(0);
-    expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(["update -qq", "install -y -qq --no-install-recommends prometheus"]);
   });
 
   it("refuses an unknown step by name", () => {

@@ -173,31 +173,50 @@ function renderStats(s: ConsoleStats) {
   );
 }
 
-function setupStats() {
-  const status = byId("stats-status");
-  const toggle = byId<HTMLButtonElement>("stats-toggle");
-  let paused = false;
+/**
+ * Reads a console endpoint now and every intervalMs, renders it, and reports in the
+ * section's status line; returns the read, for a manual refresh.
+ */
+function pollSection<T>(section: string, url: string, intervalMs: number, render: (body: T) => string, paused = () => false): () => Promise<void> {
+  const status = byId(`${section}-status`);
   const poll = async () => {
-    if (paused) return;
+    if (paused()) return;
     try {
-      const s = (await (await fetch("/api/stats")).json()) as ConsoleStats;
-      renderStats(s);
+      const body = (await (await fetch(url)).json()) as T;
       status.className = "";
-      status.textContent = s.edge.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : "The edge's stats are unreachable.";
-      byId("stats").dataset.samples = String(Number(byId("stats").dataset.samples ?? 0) + 1);
+      status.textContent = render(body);
+      byId(section).dataset.samples = String(Number(byId(section).dataset.samples ?? 0) + 1);
     } catch {
       status.className = "error";
       status.textContent = "The console server does not answer.";
     }
   };
+  void poll();
+  setInterval(() => void poll(), intervalMs);
+  return poll;
+}
+
+const updatedNow = () => `Updated ${new Date().toLocaleTimeString()}.`;
+
+function setupStats() {
+  const toggle = byId<HTMLButtonElement>("stats-toggle");
+  let paused = false;
+  const poll = pollSection<ConsoleStats>(
+    "stats",
+    "/api/stats",
+    STATS_INTERVAL_MS,
+    (s) => {
+      renderStats(s);
+      return s.edge.reachable ? updatedNow() : "The edge's stats are unreachable.";
+    },
+    () => paused,
+  );
   toggle.addEventListener("click", () => {
     paused = !paused;
     toggle.setAttribute("aria-pressed", String(paused));
     toggle.textContent = paused ? "Resume updates" : "Pause updates";
     if (!paused) void poll();
   });
-  void poll();
-  setInterval(() => void poll(), STATS_INTERVAL_MS);
 }
 
 function formatValue(unit: ConsoleDashboard["panels"][number]["unit"], value: number | null): string {
@@ -263,21 +282,10 @@ function renderDashboard(d: ConsoleDashboard) {
 }
 
 function setupDashboard() {
-  const status = byId("dashboard-status");
-  const poll = async () => {
-    try {
-      const d = (await (await fetch("/api/dashboard")).json()) as ConsoleDashboard;
-      renderDashboard(d);
-      status.className = "";
-      status.textContent = d.prometheus.reachable ? `Updated ${new Date().toLocaleTimeString()}.` : "Prometheus is not running here: npm run observe starts it (and Zipkin).";
-      byId("dashboard").dataset.samples = String(Number(byId("dashboard").dataset.samples ?? 0) + 1);
-    } catch {
-      status.className = "error";
-      status.textContent = "The console server does not answer.";
-    }
-  };
-  void poll();
-  setInterval(() => void poll(), DASHBOARD_INTERVAL_MS);
+  pollSection<ConsoleDashboard>("dashboard", "/api/dashboard", DASHBOARD_INTERVAL_MS, (d) => {
+    renderDashboard(d);
+    return d.prometheus.reachable ? updatedNow() : "Prometheus is not running here: npm run observe starts it (and Zipkin).";
+  });
 }
 
 async function main() {
