@@ -242,6 +242,22 @@ export class FeatureReader {
     return found;
   }
 
+  /**
+   * Reads the given items' features into the cache, a batch at a time, so requests
+   * after start-up find them held. Never fails: what it cannot read, requests read.
+   */
+  async prefetchItems(itemIds: readonly string[]): Promise<number> {
+    let read = 0;
+    for (let from = 0; from < Math.min(itemIds.length, this.options.itemCacheEntries); from += REFRESH_BATCH) {
+      try {
+        read += (await this.readItems(itemIds.slice(from, from + REFRESH_BATCH), REFRESH_TIMEOUT_MS)).size;
+      } catch {
+        break;
+      }
+    }
+    return read;
+  }
+
   /** Item features known locally (cache or nothing), for rungs that cannot wait. */
   cachedItemFeatures(itemIds: string[]): Map<string, FeatureBag> {
     return new Map(itemIds.map((id) => [id, this.items.get(id)?.bag ?? {}]));

@@ -83,6 +83,8 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   if (!popularUp) log.warn("popular lists not read yet: the popular rung asks retrieval until they are");
   if (!assignerUp) log.warn("experiment assignment not in-process yet: asking the Assign RPC until it is");
   popular.start(config.POPULAR_REFRESH_MS);
+  // The catalogue's item features, read in the background: requests then wait for the user's features and candidates only.
+  void features.prefetchItems([...store.serving.catalog.byId.keys()]).then((read) => log.info({ items: read }, "item features prefetched"));
   for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }

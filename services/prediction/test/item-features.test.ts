@@ -70,6 +70,23 @@ describe("item feature cache", () => {
     expect((await lookups("miss")) - missesBefore).toBe(1);
   });
 
+  it("prefetches items in batches, so a request after it reads none", async () => {
+    const reader = new FeatureReader(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), {
+      userCacheEntries: 10,
+      userCacheTtlMs: 60_000,
+      itemCacheEntries: 5_000,
+      itemRefreshMs: 60_000,
+      itemMaxAgeMs: 60 * 60_000,
+      version: VERSION,
+    });
+    await write("item-c", 0.4);
+    const ids = ["item-c", ...Array.from({ length: 1_500 }, (_, i) => `item-unknown-${i}`)];
+    expect(await reader.prefetchItems(ids)).toBe(ids.length);
+    const missesBefore = await lookups("miss");
+    expect((await reader.itemFeatures(["item-c", "item-unknown-1499"], 20_000)).get("item-c")?.["item_profile:item_ctr"]).toBe(0.4);
+    expect(await lookups("miss")).toBe(missesBefore);
+  });
+
   it("keeps serving cached items while the feature service is away, up to their maximum age; an unseen item fails the read", async () => {
     const address = `127.0.0.1:${feature.port}`;
     let reachable = true;
