@@ -41,6 +41,8 @@ export default defineConfig({
           include: [...redisSuites, "test/cluster*.test.ts"],
           env: { RECSYS_TEST_REDIS: "cluster" },
           ...timeouts,
+          // Six (or twelve) redis-servers per file: one file at a time.
+          fileParallelism: false,
           sequence: { groupOrder: 1 },
         },
       },

@@ -96,6 +96,8 @@ describe("aggregator exactly-once under crashes", () => {
         AGGREGATOR_CLAIM_IDLE_MS: "500",
       },
       waitFor: /aggregator running/,
+      // node --import tsx takes seconds to start, many on a crowded machine.
+      timeoutMs: 120_000,
     }).then((started) => {
       processes.push(started);
       return started;

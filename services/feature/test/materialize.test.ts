@@ -117,7 +117,7 @@ describe("materialize: JSON lines into the online store", () => {
       const line = Number(key ? await raw.get(key) : 0);
       expect(line).toBeGreaterThan(0);
       return line;
-    }, 30_000);
+    }, 120_000); // node --import tsx takes seconds to start, many on a crowded machine
     await proc.stop("SIGKILL");
     expect(checkpoint).toBeLessThan(100_000);
 
@@ -125,7 +125,7 @@ describe("materialize: JSON lines into the online store", () => {
     expect(resumed.resumedAfterLine).toBeGreaterThanOrEqual(checkpoint);
     expect(resumed.rowsWritten).toBe(100_000 - resumed.resumedAfterLine);
     expect(await stored(["u200000", "u299999"])).toEqual([20_000, 29_999.9]);
-  });
+  }, 240_000);
 
   it("seeds the popular lists from the catalogue, all or nothing", async () => {
     const items = [

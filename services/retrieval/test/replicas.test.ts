@@ -9,6 +9,7 @@ import type { Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
+import { eventually } from "../../feature/test/helpers.js";
 import { registry } from "../../kit/index.js";
 import type { RedisClient } from "../../kit/redis.js";
 import { opsStreamKey } from "../ops-log.js";
@@ -28,19 +29,6 @@ type Replica = { server: RetrievalServer; client: Client<typeof RetrievalService
 async function appliedOps(): Promise<number> {
   const metric = await registry.getSingleMetric("recsys_retrieval_replicated_ops_total")?.get();
   return metric?.values.reduce((sum, v) => sum + v.value, 0) ?? 0;
-}
-
-/** Retries a check until it passes or the time is up (replicas apply a write a moment after it is answered). */
-async function eventually(check: () => Promise<void>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await check();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
 }
 
 describe("retrieval replicas over a replicated index log", () => {
@@ -118,7 +106,7 @@ describe("retrieval replicas over a replicated index log", () => {
       }),
     );
 
-    await eventually(() => agree([a, b, c]).then(() => undefined));
+    await eventually(() => agree([a, b, c]), 30_000);
     const agreed = await agree([a, b, c]);
     const [, annTop, exactTop] = agreed as [bigint, string[], string[]];
     expect(annTop[0]).toMatch(/^new-a:cat-new:/);
@@ -134,7 +122,7 @@ describe("retrieval replicas over a replicated index log", () => {
     expect(streamId).toMatch(/^\d+-\d+$/);
     await a.client.upsertItems({ items: [{ itemId: "after-snapshot", category: "cat-late", embedding: row(queries, 10, DIM) }] });
     await replicas[1]!.client.deleteItems({ itemIds: ["new-a"] });
-    await eventually(() => agree(replicas, true).then(() => undefined));
+    await eventually(() => agree(replicas, true), 30_000);
     const behindSnapshot = await raw.xrange(opsStreamKey("v1"), `(${streamId}`, "+");
     expect(behindSnapshot.length).toBeGreaterThanOrEqual(2);
 
@@ -144,7 +132,7 @@ describe("retrieval replicas over a replicated index log", () => {
     const late = await start(copyDir);
     // Nothing else is written meanwhile: what was applied now, the new replica applied, and it is only what the snapshot lacks.
     expect((await appliedOps()) - appliedBefore).toBe(behindSnapshot.length);
-    await eventually(() => agree(replicas, true).then(() => undefined));
+    await eventually(() => agree(replicas, true), 30_000);
     const { candidates } = await late.client.search({ query: query(10), k: 1, exact: true });
     expect(candidates.map((x) => x.itemId)).toEqual(["after-snapshot"]);
     expect((await late.client.search({ query: query(0), k: 5, exact: true })).candidates.map((x) => x.itemId)).not.toContain("new-a");
