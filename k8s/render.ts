@@ -176,6 +176,8 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
       ...work.dataDirs,
       // Admin calls carry the edge's verified JWT; the app checks it against the same keys.
       JWKS_PATH,
+      // The app's spans join its Envoys' in the same Zipkin (sampled as Envoy decided).
+      OTEL_EXPORTER_ZIPKIN_ENDPOINT: ZIPKIN_SPANS_URL,
     }),
     ...(work.redis ? [secretEnv("REDIS_URL", SECRETS.redis)] : []),
   ];
@@ -477,12 +479,15 @@ function policy(name: string, podSelector: Obj, rules: { ingress?: Obj[]; egress
 
 const tcp = (...ports: number[]) => ports.map((port) => ({ protocol: "TCP", port }));
 const fromApps = (apps: string[]) => ({ podSelector: { matchExpressions: [{ key: "app", operator: "In", values: apps }] } });
+/** Zipkin in the monitoring namespace, where every Envoy (scripts/render-envoy.ts) and app sends spans. */
+const ZIPKIN_PORT = 9411;
+const ZIPKIN_SPANS_URL = `http://zipkin.${MONITORING_NAMESPACE}.svc.cluster.local:${ZIPKIN_PORT}/api/v2/spans`;
 const fromMonitoring = { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": MONITORING_NAMESPACE } } };
 
 /**
  * Default deny, then exactly the mesh's paths: the edge and each caller to its
  * upstreams' sidecar ingress, Redis clients to Redis, Prometheus to the metrics and
- * Envoy stats ports, DNS for everyone. App ports (gRPC, Connect) are reachable only
+ * Envoy stats ports, everyone to DNS and to Zipkin (spans). App ports (gRPC, Connect) are reachable only
  * from inside the pod, through the sidecar.
  */
 function renderNetworkPolicies(): Obj[] {
@@ -494,6 +499,7 @@ function renderNetworkPolicies(): Obj[] {
   return [
     policy("default-deny", {}, { ingress: [], egress: [] }),
     policy("dns-egress", {}, { egress: [{ ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] }] }),
+    policy("tracing-egress", {}, { egress: [{ to: [fromMonitoring], ports: tcp(ZIPKIN_PORT) }] }),
     // Redis lives in the cluster (dev) or outside it (prod), so the port is the rule.
     policy("redis-client-egress", { matchLabels: { [REDIS_CLIENT_LABEL]: "true" } }, { egress: [{ ports: tcp(REDIS_PORT) }] }),
     policy("edge-ingress", { matchLabels: { app: "edge" } }, { ingress: [{ ports: tcp(podPorts.edge) }, { from: [fromMonitoring], ports: tcp(ENVOY_STATS_PORT) }] }),

@@ -7,7 +7,7 @@ import { join, relative } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { instances, localListeners, localPorts, localRedisPort, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localListeners, localPorts, localRedisPort, observePorts, type ServiceSpec } from "../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
 import { compiledServices } from "./build.js";
 import { ensurePki } from "./pki.js";
@@ -340,6 +340,9 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       REDIS_URL: redisUrl,
       // Admin RPCs accept the edge's admin JWTs (npm run token -- --role admin).
       JWKS_PATH: pki.jwks,
+      // Spans go to `npm run observe`'s Zipkin. The apps follow Envoy's sampling decision,
+      // 0% until observe raises it, so without it they send nothing.
+      OTEL_EXPORTER_ZIPKIN_ENDPOINT: `http://127.0.0.1:${observePorts.zipkin}/api/v2/spans`,
       ...upstreamEnv(spec, version),
       ...options.env,
       ...options.instanceEnv?.[id],

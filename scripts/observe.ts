@@ -42,11 +42,6 @@ export interface Observe {
 
 const RULES_DIR = join(ROOT, "observability");
 
-/** What an app needs to export its spans to the Zipkin `npm run observe` runs. */
-export function appTracingEnv(): Record<string, string> {
-  return { OTEL_EXPORTER_ZIPKIN_ENDPOINT: `http://127.0.0.1:${observePorts.zipkin}/api/v2/spans` };
-}
-
 /** The project's rule files: observability/alerts.yml and observability/rules/*.yml (their promtool tests aside). */
 export function ruleFiles(): string[] {
   const extra = (existsSync(join(RULES_DIR, "rules")) ? readdirSync(join(RULES_DIR, "rules"), { withFileTypes: true }) : [])
@@ -228,7 +223,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   let web: WebConsole | undefined;
   const edgeUp = await fetch(`http://127.0.0.1:${localPorts.edgeAdmin}/ready`).then((r) => r.ok, () => false);
   if (values.mesh) {
-    mesh = await startMesh({ env: appTracingEnv() });
+    mesh = await startMesh();
     web = await startWebConsole();
   } else if (!edgeUp) {
     console.error(`no mesh is running (edge admin 127.0.0.1:${localPorts.edgeAdmin} does not answer): start one with npm start, or run npm run observe -- --mesh`);
@@ -242,7 +237,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   console.log(`traces      ${observe.zipkinUrl}/zipkin/   (a Predict's metadata.traceId: ${observe.zipkinUrl}/zipkin/traces/<traceId>)
 metrics     ${observe.prometheusUrl}/graph   alerts ${observe.prometheusUrl}/alerts   rules ${observe.prometheusUrl}/rules
 dashboard   ${web?.url ?? `http://127.0.0.1:${localPorts.webConsole}`}/#dashboard (the console's "Service health")
-${mesh ? "" : `apps export their spans when started with ${Object.entries(appTracingEnv()).map(([k, v]) => `${k}=${v}`).join(" ")}\n`}Ctrl-C stops ${mesh ? "the mesh, the console and " : ""}the backends.`);
+Ctrl-C stops ${mesh ? "the mesh, the console and " : ""}the backends.`);
   let stopping = false;
   const shutdown = () => {
     if (stopping) process.exit(1);

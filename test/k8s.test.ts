@@ -67,6 +67,8 @@ beforeAll(() => ensurePki({ dir: pkiDir }), 60_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 const instanceId = (name: string, version: string) => instances.find((i) => i.service.name === name && i.version === version)!.id;
+/** The TypeScript source of a compiled path the images run (services/x/server.js). */
+const sourceOf = (compiled: string) => compiled.replace(/\.js$/, ".ts");
 const envoyFile = (id: string) => readFileSync(join(ROOT, "envoy", "k8s", id === "edge" ? "edge.yaml" : `sidecar-${id}.yaml`), "utf8");
 
 /** Every container of a pod spec, init containers (the Envoy sidecar, job steps) included. */
@@ -213,8 +215,8 @@ describe.each(overlays)("overlay %s", (overlay) => {
     // The app: listens where the sidecar's local cluster sends, reaches its upstreams
     // through the sidecar's egress listeners, and is probed over native gRPC health.
     const app = pod.containers.find((c: Obj) => c.name === "app");
-    expect([...app.command, ...app.args]).toEqual(["node", "--import", "tsx", `services/${service.name}/server.ts`]);
-    expect(existsSync(join(ROOT, app.args[0]))).toBe(true);
+    expect([...app.command, ...app.args]).toEqual(["node", "--enable-source-maps", `services/${service.name}/server.js`]);
+    expect(existsSync(join(ROOT, sourceOf(app.args[0])))).toBe(true);
     const env = Object.fromEntries(app.env.map((e: Obj) => [e.name, e.value ?? e.valueFrom]));
     const localApp = envoyConfig.static_resources.clusters.find((c: Obj) => c.name === "local_app_grpc");
     const appPort = localApp.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value;
@@ -252,9 +254,11 @@ describe.each(overlays)("overlay %s", (overlay) => {
     expect(() => loadConfig(shape as typeof baseConfigShape, env)).not.toThrow();
   });
 
-  it("resolves every Envoy STRICT_DNS address to a headless Service port", () => {
+  it("resolves every Envoy STRICT_DNS address to a headless Service port (Zipkin aside, in the monitoring namespace)", () => {
     for (const id of [...instances.map((i) => i.id), "edge"]) {
-      const clusters = parse(envoyFile(id)).static_resources.clusters.filter((c: Obj) => c.type === "STRICT_DNS");
+      const clusters = parse(envoyFile(id)).static_resources.clusters.filter((c: Obj) => c.type === "STRICT_DNS" && c.name !== "zipkin");
+      const zipkin = parse(envoyFile(id)).static_resources.clusters.find((c: Obj) => c.name === "zipkin");
+      expect(zipkin.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address).toBe(`zipkin.${MONITORING_NAMESPACE}.svc.cluster.local`);
       for (const cluster of clusters) {
         for (const { endpoint } of cluster.load_assignment.endpoints[0].lb_endpoints) {
           const { address, port_value } = endpoint.address.socket_address;
@@ -397,8 +401,8 @@ describe.each(overlays)("overlay %s", (overlay) => {
       const steps = containers(template!.pod).filter((c) => c.name !== "envoy");
       expect(steps.map((s) => s.args)).toEqual(job.commands);
       for (const step of steps) {
-        expect(step.command).toEqual(["node", "--import", "tsx"]);
-        for (const arg of step.args.filter((a: string) => /\.(ts|jsonl)$/.test(a))) expect(existsSync(join(ROOT, arg)), arg).toBe(true);
+        expect(step.command).toEqual(["node", "--enable-source-maps"]);
+        for (const arg of step.args.filter((a: string) => /\.(js|jsonl)$/.test(a))) expect(existsSync(join(ROOT, sourceOf(arg))), arg).toBe(true);
       }
       const sidecar = template!.pod.initContainers?.find((c: Obj) => c.name === "envoy");
       expect(Boolean(sidecar), job.name).toBe(job.upstreams.length > 0);
@@ -474,7 +478,7 @@ describe("Dockerfile", () => {
 
   it("copies everything the entry points and job scripts import", () => {
     expect(copied).toEqual(expect.arrayContaining(["gen", "services", "models"]));
-    const entries = [...services.map((s) => `services/${s.name}/server.ts`), ...jobs.flatMap((j) => j.commands.map((c) => c[0]!))];
+    const entries = [...services.map((s) => `services/${s.name}/server.ts`), ...jobs.flatMap((j) => j.commands.map((c) => sourceOf(c[0]!)))];
     const outside = entries
       .flatMap((entry) => [...importClosure(join(ROOT, entry))])
       .map((file) => relative(ROOT, file).split("/")[0]!)

@@ -28,6 +28,8 @@ export const baseConfigShape = {
   /** How long shutdown waits for in-flight calls before forcing the server down. */
   SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(10_000),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  /** Zipkin's span API, e.g. http://127.0.0.1:19411/api/v2/spans (what `npm run observe` runs). */
+  OTEL_EXPORTER_ZIPKIN_ENDPOINT: z.string().url().optional(),
 };
 
 export class ConfigError extends Error {

@@ -6,7 +6,7 @@ import { resourceFromAttributes } from "@opentelemetry/resources";
 import { BatchSpanProcessor, NodeTracerProvider, type SpanProcessor } from "@opentelemetry/sdk-trace-node";
 import type { Metadata } from "@grpc/grpc-js";
 import { z } from "zod";
-import { loadConfig } from "./config.js";
+import { baseConfigShape, loadConfig } from "./config.js";
 
 let provider: NodeTracerProvider | undefined;
 
@@ -18,8 +18,7 @@ let provider: NodeTracerProvider | undefined;
  * sampling decision (random_sampling in the rendered configs) is the one that counts.
  */
 export const tracingConfigShape = {
-  /** Zipkin's span API, e.g. http://127.0.0.1:19411/api/v2/spans (what `npm run observe` runs). */
-  OTEL_EXPORTER_ZIPKIN_ENDPOINT: z.string().url().optional(),
+  OTEL_EXPORTER_ZIPKIN_ENDPOINT: baseConfigShape.OTEL_EXPORTER_ZIPKIN_ENDPOINT,
   SERVICE_VERSION: z.string().min(1).optional(),
 };
 

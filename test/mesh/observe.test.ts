@@ -12,7 +12,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { localPorts } from "../../envoy/topology.js";
 import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { appTracingEnv, startObserve, type Observe } from "../../scripts/observe.js";
+import { startObserve, type Observe } from "../../scripts/observe.js";
 import { ROOT } from "../../scripts/tools.js";
 import { startWebConsole, type ConsoleDashboard, type WebConsole } from "../../scripts/web.js";
 
@@ -29,7 +29,7 @@ const runDir = mkdtempSync(join(tmpdir(), "recsys-observe-test-"));
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH to a Chromium binary`);
-  mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn", ...appTracingEnv() } });
+  mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" } });
   observe = await startObserve({ runDir });
   // On its usual port: the one origin the edge's CORS allow-list admits.
   web = await startWebConsole({ port: localPorts.webConsole, edgeUrl: `http://${mesh.edge}`, prometheusUrl: observe.prometheusUrl, zipkinUrl: observe.zipkinUrl });
