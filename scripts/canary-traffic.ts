@@ -84,7 +84,7 @@ export function startTraffic(o: TrafficOptions): Traffic {
       const key = `${e.code}: ${e.rawMessage}`;
       tally.failures++;
       tally.failuresByMessage[key] = (tally.failuresByMessage[key] ?? 0) + 1;
-      if (tally.firstFailures.length < 20) tally.firstFailures.push({ at, failure: key });
+      if (tally.firstFailures.length < 1000) tally.firstFailures.push({ at, failure: key });
     }
   };
   // Open loop: every tick issues the calls due by now, so a slow answer does not slow the

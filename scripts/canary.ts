@@ -46,7 +46,7 @@ export interface CanaryGates {
   minRequests: number;
   /** Calls per version for a cache level's or a miss stage's comparison to pass a step. */
   minCompared: number;
-  /** Calls per version for such a comparison to stop a step (its zStop bound guards the small count). */
+  /** Calls per version for such a comparison, or v2 calls for the failure rate, to stop a step (the zStop bounds guard the small count). */
   minToStop: number;
   /** Shadow pairs per step (and before the first). */
   minPairs: number;
@@ -211,7 +211,7 @@ function figures(
 
 /** A bound past a limit: evidence that v2 is worse, so the step stops now. */
 function breach(f: StepFigures, g: CanaryGates): string {
-  if (f.edge && f.edge.failureRate.low > g.maxErrorRate) {
+  if (f.edge && f.edge.requests >= g.minToStop && f.edge.failureRate.low > g.maxErrorRate) {
     return `v2 failed ${f.edge.errors + f.edge.retries} of ${f.edge.requests} calls (${f.edge.retries} retried on v1): failure rate >= ${pct(f.edge.failureRate.low)} > ${pct(g.maxErrorRate)}`;
   }
   for (const [level, c] of Object.entries(f.cacheLevels)) {
