@@ -17,6 +17,11 @@ async function lookups(result: string): Promise<number> {
   return values.filter((v) => v.labels.version === VERSION && v.labels.result === result).reduce((sum, v) => sum + v.value, 0);
 }
 
+/** A reader over `client` with small caches; `items` overrides the item cache options. */
+function readerOf(client: ReturnType<typeof createServiceClient<typeof FeatureService>>, items: { itemRefreshMs: number; itemMaxAgeMs: number; itemCacheEntries?: number }) {
+  return new FeatureReader(client, { userCacheEntries: 10, userCacheTtlMs: 60_000, itemCacheEntries: 100, version: VERSION, ...items });
+}
+
 describe("item feature cache", () => {
   let redis: TestRedis;
   let feature: RunningServer;
@@ -48,14 +53,7 @@ describe("item feature cache", () => {
   });
 
   it("serves an entry past its refresh age at once and renews it in the background; only unseen items are read by the request", async () => {
-    const reader = new FeatureReader(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), {
-      userCacheEntries: 10,
-      userCacheTtlMs: 60_000,
-      itemCacheEntries: 100,
-      itemRefreshMs: 0,
-      itemMaxAgeMs: 60 * 60_000,
-      version: VERSION,
-    });
+    const reader = readerOf(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), { itemRefreshMs: 0, itemMaxAgeMs: 60 * 60_000 });
     await write("item-a", 0.1);
     const missesBefore = await lookups("miss");
     expect((await reader.itemFeatures(["item-a"], 20_000)).get("item-a")?.["item_profile:item_ctr"]).toBe(0.1);
@@ -71,14 +69,7 @@ describe("item feature cache", () => {
   });
 
   it("prefetches items in batches, so a request after it reads none", async () => {
-    const reader = new FeatureReader(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), {
-      userCacheEntries: 10,
-      userCacheTtlMs: 60_000,
-      itemCacheEntries: 5_000,
-      itemRefreshMs: 60_000,
-      itemMaxAgeMs: 60 * 60_000,
-      version: VERSION,
-    });
+    const reader = readerOf(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), { itemRefreshMs: 60_000, itemMaxAgeMs: 60 * 60_000, itemCacheEntries: 5_000 });
     await write("item-c", 0.4);
     const ids = ["item-c", ...Array.from({ length: 1_500 }, (_, i) => `item-unknown-${i}`)];
     expect(await reader.prefetchItems(ids)).toBe(ids.length);
@@ -96,14 +87,14 @@ describe("item feature cache", () => {
       getOnlineFeatures: (...args: Parameters<typeof client.getOnlineFeatures>) =>
         reachable ? client.getOnlineFeatures(...args) : Promise.reject(new Error("feature service unreachable")),
     } as typeof client;
-    const reader = new FeatureReader(flaky, { userCacheEntries: 10, userCacheTtlMs: 60_000, itemCacheEntries: 100, itemRefreshMs: 0, itemMaxAgeMs: 60 * 60_000, version: VERSION });
+    const reader = readerOf(flaky, { itemRefreshMs: 0, itemMaxAgeMs: 60 * 60_000 });
     await write("item-b", 0.3);
     await reader.itemFeatures(["item-b"], 20_000);
     reachable = false;
     expect((await reader.itemFeatures(["item-b"], 20_000)).get("item-b")?.["item_profile:item_ctr"]).toBe(0.3);
     await expect(reader.itemFeatures(["item-b", "item-never-seen"], 20_000)).rejects.toThrow(/unreachable/);
 
-    const expiring = new FeatureReader(flaky, { userCacheEntries: 10, userCacheTtlMs: 60_000, itemCacheEntries: 100, itemRefreshMs: 0, itemMaxAgeMs: 0, version: VERSION });
+    const expiring = readerOf(flaky, { itemRefreshMs: 0, itemMaxAgeMs: 0 });
     reachable = true;
     await expiring.itemFeatures(["item-b"], 20_000);
     reachable = false;
