@@ -1,13 +1,19 @@
 // A master of a 6-node Redis Cluster killed (SIGKILL) while the feature service takes
 // events: its replica takes over, every event the service accepted is counted exactly
 // once (none lost with the dead master, none twice from the resends), and reads of the
-// dead master's slots answer again within seconds.
+// dead master's slots answer again within seconds. With INGEST_REPLICA_ACKS, a batch is
+// accepted only once a replica holds it (WAIT), so a master dying right after answering
+// cannot take it along.
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "../gen/recsys/common/v1/common_pb.js";
-import { FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
-import { createServiceClient, type RunningServer } from "../services/kit/index.js";
+import { EventSchema, FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
+import { waitClusterHealthy } from "../scripts/redis-cluster.js";
+import { appendEvents } from "../services/feature/ingest.js";
 import { partitionOf, streamKey } from "../services/feature/keys.js";
+import { connectRedis, waitUntilReady } from "../services/feature/redis.js";
+import { createServiceClient, type RunningServer } from "../services/kit/index.js";
 import { startFeatureService } from "../services/feature/server.js";
 import { event, eventually, readOne, serving } from "../services/feature/test/helpers.js";
 import { startTestCluster, type TestCluster } from "./support/redis-cluster.js";
@@ -21,6 +27,8 @@ describe("feature service on a Redis Cluster when a master dies under load", () 
   let cluster: TestCluster;
   let server: RunningServer;
   let client: Client<typeof FeatureService>;
+  /** The master the first test killed, and a partition it served. */
+  let victim: { port: number; partition: number } | undefined;
 
   beforeAll(async () => {
     cluster = await startTestCluster();
@@ -115,7 +123,31 @@ describe("feature service on a Redis Cluster when a master dies under load", () 
     }, 60_000);
     const total = [...clicksPerItem.values()].reduce((a, b) => a + b, 0);
     expect(total).toBe(accepted);
+    victim = { port: victimPort, partition: victimPartition };
     console.info(`failover: ${accepted} events accepted, ${[...failures.values()].reduce((a, b) => a + b, 0)} refused attempts (resent), reads of the dead master's slots back after ${recoveredAfterMs} ms`);
     expect(recoveredAfterMs).toBeLessThan(30_000);
-  });
+  }, 240_000);
+
+  it("accepts events only once a replica has them: refused while the promoted master has none, accepted when the old master rejoins as its replica", async () => {
+    expect(victim).toBeDefined();
+    const { port, partition } = victim!;
+    const redis = connectRedis({ ...cluster.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
+    try {
+      await waitUntilReady(redis, 10_000);
+      const itemId = ITEMS.find((id) => partitionOf(id, PARTITIONS) === partition)!;
+      const batch = (name: string) => [create(EventSchema, event(name, "acks-user", itemId, EventType.CLICK, Date.now(), 0))];
+      const durable = { replicaAcks: 1, waitMs: 500 };
+      // The replica that took over has no replica of its own while the old master is down.
+      await expect(appendEvents(redis, batch("acks-1"), PARTITIONS, 3_600, durable)).rejects.toThrow(/0 of 1 replicas acknowledged/);
+      expect(await appendEvents(redis, batch("acks-2"), PARTITIONS, 3_600)).toEqual({ accepted: 1, duplicates: 0 });
+
+      await cluster.cluster.restart(port);
+      await waitClusterHealthy(cluster.cluster.nodes.map((n) => n.port), 60_000);
+      // acks-1 reached the master before its WAIT failed: the resend is a duplicate, now replicated.
+      expect(await appendEvents(redis, batch("acks-1"), PARTITIONS, 3_600, durable)).toEqual({ accepted: 0, duplicates: 1 });
+      expect(await appendEvents(redis, batch("acks-3"), PARTITIONS, 3_600, durable)).toEqual({ accepted: 1, duplicates: 0 });
+    } finally {
+      redis.disconnect();
+    }
+  }, 120_000);
 });
