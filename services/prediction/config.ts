@@ -21,6 +21,8 @@ export const predictionConfigShape = {
   MODELS_DIR: z.string().default("models"),
   /** How often to look for newer model versions and swap them in; 0 turns watching off. */
   MODELS_POLL_MS: z.coerce.number().int().min(0).default(10_000),
+  /** The oldest training cut-off (manifest created_at) a serving model may have before RecsysModelTooOld fires; 0: no maximum. */
+  MODEL_MAX_AGE_S: z.coerce.number().int().min(0).default(7 * 86_400),
   /** ONNX Runtime intra-op threads per model. */
   ORT_THREADS: positiveInt(1),
 

@@ -1,6 +1,6 @@
 import { Worker } from "node:worker_threads";
 import type { InferenceSession } from "onnxruntime-node";
-import { ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile, type ModelManifest } from "../kit/models.js";
+import { ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile, type ModelManifest, type ModelReference } from "../kit/models.js";
 
 export interface ScoredBatch {
   scores: Float32Array;
@@ -36,6 +36,7 @@ export class WorkerModel {
   readonly id: string;
   readonly manifest: ModelManifest;
   readonly featureCount: number;
+  readonly reference: ModelReference | undefined;
   private worker: Worker | undefined;
   private readonly pending = new Map<number, Waiter>();
   private nextId = 0;
@@ -45,7 +46,7 @@ export class WorkerModel {
     private readonly file: ModelFile,
     private readonly threads: number,
   ) {
-    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount } = file);
+    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount, reference: this.reference } = file);
   }
 
   static async load(dir: string, threads: number): Promise<WorkerModel> {

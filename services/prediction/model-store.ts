@@ -4,9 +4,12 @@ import type { Logger } from "../kit/index.js";
 import { ModelLoadError, modelVersions } from "../kit/models.js";
 import { readCatalog, readEmbeddings, type CatalogItem, type EmbeddingArtifacts } from "../retrieval/artifacts.js";
 import { MicroBatcher } from "./batcher.js";
+import { FeatureDrift } from "./drift.js";
 import { assertComputable, type ModelFacts } from "./features.js";
 import { WorkerModel } from "./inference.js";
 import { batchRequests, batchRows, batcherLimits, modelSeconds, modelsLoaded } from "./metrics.js";
+import { ModelAges, agedModels } from "./model-age.js";
+import { registerOfflineFigures } from "./online-accuracy.js";
 
 export interface Ranker {
   name: string;
@@ -30,6 +33,8 @@ export interface ModelStoreOptions {
   batch: { maxRows: number; maxWaitMs: number; p99TargetMs: number; maxInFlight: number };
   /** SERVICE_VERSION, for metric labels. */
   serviceVersion: string;
+  /** MODEL_MAX_AGE_S: the oldest training cut-off a serving model may have (0: none). */
+  maxModelAgeSeconds: number;
   log: Logger;
 }
 
@@ -63,6 +68,8 @@ export class ModelSet {
     readonly facts: ModelFacts,
     /** The version of every model directory it was loaded from, catalogue included. */
     readonly plan: Record<string, string>,
+    /** The sampled window of this set's ranker rows, against each ranker's training distribution. */
+    readonly drift: FeatureDrift,
   ) {
     this.versions = { ...Object.fromEntries([...rankers.values()].map((r) => [r.name, r.version])), [EMBEDDINGS]: plan[EMBEDDINGS]! };
     this.key = Object.entries(this.versions)
@@ -93,6 +100,7 @@ export class ModelSet {
   }
 
   private free(): void {
+    this.drift.close();
     Promise.all([...this.rankers.values()].map((r) => r.model.release())).finally(() => this.freed?.());
   }
 }
@@ -152,8 +160,11 @@ export class ModelStore {
   private readonly pinned = new Map<string, ModelSet | "loading" | "current">();
   private watcher: NodeJS.Timeout | undefined;
   private reloading: Promise<ModelSet> | undefined;
+  private readonly ages: ModelAges;
 
-  constructor(private readonly options: ModelStoreOptions) {}
+  constructor(private readonly options: ModelStoreOptions) {
+    this.ages = new ModelAges({ serviceVersion: options.serviceVersion, maxAgeSeconds: options.maxModelAgeSeconds });
+  }
 
   async open(): Promise<ModelSet> {
     this.current = await this.load(plannedVersions(this.options.modelsDir));
@@ -228,12 +239,14 @@ export class ModelStore {
     await this.reloading?.catch(() => undefined);
     const sets = [this.current, ...[...this.pinned.values()].filter((s): s is ModelSet => s instanceof ModelSet)];
     await Promise.all(sets.map((s) => s.retire()));
+    this.ages.close();
   }
 
   private publish(next: ModelSet, previous?: ModelSet): void {
     const version = this.options.serviceVersion;
     if (previous) for (const [model, v] of Object.entries(previous.versions)) modelsLoaded.set({ version, model, model_version: v }, 0);
     for (const [model, v] of Object.entries(next.versions)) modelsLoaded.set({ version, model, model_version: v }, 1);
+    this.ages.loaded(agedModels(next));
   }
 
   private async load(plan: Record<string, string>): Promise<ModelSet> {
@@ -259,6 +272,7 @@ export class ModelStore {
         });
         if (features.length === 0) throw new ModelLoadError(model.id, "the manifest lists no features");
         assertComputable(model.id, features);
+        registerOfflineFigures(name, modelVersion, (model.manifest as { metrics?: unknown }).metrics);
         if (featureNames && featureNames.join() !== features.join()) {
           throw new ModelLoadError(model.id, `its features [${features.join(", ")}] differ from the other rankers' [${featureNames.join(", ")}]`);
         }
@@ -276,7 +290,8 @@ export class ModelStore {
       for (const ranker of rankers.values()) await this.warm(ranker);
       const first = [...rankers.values()][0]!.model.manifest as { training_data?: { split?: { feature_window_days?: number } } };
       const facts: ModelFacts = { featureWindowDays: first.training_data?.split?.feature_window_days ?? DEFAULT_FEATURE_WINDOW_DAYS };
-      return new ModelSet(rankers, embeddings, catalog, featureNames, facts, plan);
+      const models = [...rankers.values()].map((r) => ({ name: r.name, version: r.version, reference: r.model.reference }));
+      return new ModelSet(rankers, embeddings, catalog, featureNames, facts, plan, new FeatureDrift({ serviceVersion: version, featureNames, models }));
     } catch (err) {
       await Promise.all([...rankers.values()].map((r) => r.model.release()));
       throw err;

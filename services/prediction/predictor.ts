@@ -5,6 +5,7 @@ import { CacheLevel, FallbackLevel, PredictRequestSchema, type PredictRequest, t
 import { CandidateSource, PopularKind, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, Deadline, activeTraceId, invalidArgument, statusError, type Logger } from "../kit/index.js";
 import type { Admission } from "./admission.js";
+import type { OnlineAccuracy } from "./online-accuracy.js";
 import type { VariantResolver } from "./assignment.js";
 import type { CacheKey, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
@@ -170,6 +171,8 @@ export interface PredictorDeps {
   popular: PopularCopy;
   variants: VariantResolver;
   admission: Admission;
+  /** Told every answer served, for the join with clicks. */
+  accuracy: OnlineAccuracy;
   log: Logger;
 }
 
@@ -231,8 +234,17 @@ export class Predictor {
       outcome ??= await this.computeFor(plan, variant, set, key, budget, stages, shedAsError);
       const reason = [resolved.degraded, outcome.reason].filter(Boolean).join("; ");
       predictions.inc({ version: this.version, rung: RUNG_NAMES[outcome.rung], cache: CacheLevel[outcome.cacheLevel].toLowerCase() });
+      const served = outcome.items.slice(0, plan.num);
+      this.deps.accuracy.served({
+        requestId: activeTraceId() || undefined,
+        userId: plan.userId,
+        items: served,
+        variant: outcome.variant,
+        modelVersions: outcome.modelVersions,
+        atMs: Date.now(),
+      });
       return {
-        predictions: outcome.items.slice(0, plan.num).map((item, i) => ({ ...item, rank: i + 1 })),
+        predictions: served.map((item, i) => ({ ...item, rank: i + 1 })),
         metadata: {
           modelVersions: outcome.modelVersions,
           experimentId: outcome.experimentId,

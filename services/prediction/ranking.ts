@@ -31,7 +31,9 @@ function rankerInputs(set: ModelSet, userId: string, user: UserFeatures, candida
     features: itemFeatures.get(c.itemId) ?? {},
     embeddingDot: embeddingDot(set.embeddings, userRow, c.itemId),
   }));
-  return { items, rows: buildRows(set.featureNames, set.facts, user, items) };
+  const rows = buildRows(set.featureNames, set.facts, user, items);
+  set.drift.observe(rows, items.length);
+  return { items, rows };
 }
 
 /**

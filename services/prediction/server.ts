@@ -12,6 +12,7 @@ import { FeatureReader } from "./features.js";
 import { predictionService } from "./handlers.js";
 import { ModelStore } from "./model-store.js";
 import { PopularCopy } from "./popular.js";
+import { OnlineAccuracy } from "./online-accuracy.js";
 import { Predictor } from "./predictor.js";
 
 /**
@@ -29,6 +30,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
       maxInFlight: config.BATCH_MAX_IN_FLIGHT,
     },
     serviceVersion: config.SERVICE_VERSION,
+    maxModelAgeSeconds: config.MODEL_MAX_AGE_S,
     log,
   });
   const models = await store.open();
@@ -88,8 +90,10 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }
+  const accuracy = new OnlineAccuracy({ serviceVersion: config.SERVICE_VERSION });
   const predictor = new Predictor({
     config,
+    accuracy,
     store,
     cache,
     features,
@@ -100,6 +104,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     log,
   });
   const close = async () => {
+    accuracy.close();
     popular.close();
     await Promise.all([store.close(), cache.close(), variants.close()]);
   };
