@@ -12,6 +12,7 @@ import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type
 import { compiledServices } from "./build.js";
 import { ensurePki } from "./pki.js";
 import { rateLimitCommand } from "./ratelimit.js";
+import { clusterNodeArgs, formCluster } from "./redis-cluster.js";
 import { ROOT, tool } from "./tools.js";
 
 export interface MeshOptions {
@@ -21,6 +22,11 @@ export interface MeshOptions {
   redisUrl?: string;
   /** Port for the Redis the mesh starts. */
   redisPort?: number;
+  /**
+   * Start a 6-node Redis Cluster on loopback (3 masters, a replica each) instead of one
+   * Redis, and run every service and the rate limit service on it (`npm start -- --redis-cluster`).
+   */
+  redisCluster?: boolean;
   /** Extra env for every app (LOG_LEVEL, DRAIN_MS, ...). */
   env?: Record<string, string>;
   /** Extra env per instance id ("prediction-v2"). */
@@ -53,6 +59,8 @@ export interface RunningInstance {
 
 export interface Mesh {
   redisUrl: string;
+  /** The cluster's nodes ("127.0.0.1:6391,..."), when the mesh runs on a Redis Cluster. */
+  redisClusterNodes?: string;
   edge: string;
   edgeAdmin: string;
   instances: RunningInstance[];
@@ -182,7 +190,7 @@ function rebasedCopy(file: string, outDir: string): string {
 }
 
 /** Loads the batch features and the catalogue's popular lists into Redis. */
-async function materialize(build: string, redisUrl: string, runDir: string, logDir: string): Promise<void> {
+async function materialize(build: string, redisUrl: string, redisEnv: Record<string, string>, runDir: string, logDir: string): Promise<void> {
   const dataDir = join(runDir, "data");
   mkdirSync(dataDir, { recursive: true });
   const features = join(ROOT, "models", "features", "v1");
@@ -195,7 +203,7 @@ async function materialize(build: string, redisUrl: string, runDir: string, logD
   for (const [file, extra] of jobs) {
     const from = existsSync(logFile) ? statSync(logFile).size : 0;
     const log = openSync(logFile, "a");
-    const child = spawn("node", ["--enable-source-maps", join(build, "services", "feature", "materialize.js"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log] });
+    const child = spawn("node", ["--enable-source-maps", join(build, "services", "feature", "materialize.js"), file, "--redis-url", redisUrl, "--restart", ...extra], { cwd: ROOT, stdio: ["ignore", log, log], env: { ...process.env, ...redisEnv } });
     closeSync(log);
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     if (code !== 0) throw new Error(`materializing ${relative(ROOT, file)} failed (exit ${code}); its log (${logFile}) says:\n${indent(logCause(logFile, from))}`);
@@ -205,6 +213,8 @@ async function materialize(build: string, redisUrl: string, runDir: string, logD
 export async function waitRedis(url: string, timeoutMs: number): Promise<void> {
   const { Redis } = await import("ioredis");
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  // A refused connection is the answer this loop waits out, not news.
+  redis.on("error", () => undefined);
   const deadline = Date.now() + timeoutMs;
   try {
     while (Date.now() < deadline) {
@@ -258,13 +268,14 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const wanted = new Set(options.only ?? availableServices());
   const startRedis = !(options.redisUrl ?? process.env.REDIS_URL);
   const redisPort = options.redisPort ?? localRedisPort;
+  const clusterPorts = Array.from({ length: 6 }, (_, i) => redisPort + 1 + i);
 
   // Every port first, before anything starts: a taken one fails here, by name, with
   // nothing half-started to clean up.
   const ids = instances.filter((i) => wanted.has(i.service.name)).map((i) => i.id);
   const listeners = localListeners()
     .filter(({ what }) => what === "edge" || what === "edge admin" || ids.some((id) => what.startsWith(`${id} `)))
-    .concat(startRedis ? [{ port: redisPort, what: "redis" }] : []);
+    .concat(!startRedis ? [] : options.redisCluster ? clusterPorts.flatMap((port) => [{ port, what: `redis cluster node ${port}` }, { port: port + 10_000, what: `redis cluster bus ${port}` }]) : [{ port: redisPort, what: "redis" }]);
   const taken = await takenPorts([...new Map(listeners.map((l) => [l.port, l])).values()]);
   if (taken.length > 0) {
     throw new Error(`the mesh cannot start: ${taken.length === 1 ? "a port it needs is" : "ports it needs are"} in use:\n${taken.map((t) => `  ${t}`).join("\n")}\nStop what holds ${taken.length === 1 ? "it" : "them"} (another \`npm start\`?), or run inside a private network namespace: node scripts/in-netns.mjs <command>.`);
@@ -293,7 +304,19 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
 
   let redis: Supervised | undefined;
   let redisUrl = options.redisUrl ?? process.env.REDIS_URL;
-  if (!redisUrl) {
+  let redisClusterNodes: string | undefined;
+  if (!redisUrl && options.redisCluster) {
+    for (const port of clusterPorts) {
+      const dir = join(runDir, "redis-cluster", String(port));
+      mkdirSync(dir, { recursive: true });
+      launch(`redis-${port}`, `redis cluster node ${port}`, tool("redis-server"), clusterNodeArgs({ port, dir }));
+    }
+    await Promise.all(clusterPorts.map((port) => waitRedis(`redis://127.0.0.1:${port}`, 15_000)));
+    // Nodes restarted from their nodes.conf (a second `npm start` on the same run dir) rejoin as they were.
+    await formCluster(clusterPorts);
+    redisClusterNodes = clusterPorts.map((port) => `127.0.0.1:${port}`).join(",");
+    redisUrl = `redis://127.0.0.1:${clusterPorts[0]}`;
+  } else if (!redisUrl) {
     const dir = join(runDir, "redis");
     mkdirSync(dir, { recursive: true });
     // appendonly: a restarted Redis comes back with its data (up to the last second).
@@ -310,6 +333,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   await waitRedis(redisUrl, 15_000);
   const rateLimit = await rateLimitCommand({
     redisUrl,
+    redisClusterNodes,
     grpcPort: localPorts.rateLimitGrpc,
     httpPort: localPorts.rateLimitHttp,
     debugPort: localPorts.rateLimitDebug,
@@ -320,7 +344,11 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const threads = (value: string | undefined) => (value ? ["--concurrency", value] : []);
   // Data loads while the services start; readiness waits for both.
   const url = redisUrl;
-  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(build, url, runDir, logDir)) : Promise.resolve();
+  const redisEnv: Record<string, string> = redisClusterNodes ? { REDIS_CLUSTER_NODES: redisClusterNodes } : {};
+  // On a cluster: feature's event partitions spread over the 3 masters, an accepted event
+  // is on a replica before it is acknowledged, and retrieval's replicas share their writes.
+  const clusterServiceEnv: Record<string, Record<string, string>> = redisClusterNodes ? { feature: { PARTITIONS: "6", INGEST_REPLICA_ACKS: "1" }, retrieval: { REPLICATE_INDEX_OPS: "true" } } : {};
+  const dataReady = wanted.has("feature") ? waitRedis(url, 15_000).then(() => materialize(build, url, { ...redisEnv, ...clusterServiceEnv.feature }, runDir, logDir)) : Promise.resolve();
   dataReady.catch(() => undefined);
   const running: RunningInstance[] = [];
   const apps = new Map<string, Supervised>();
@@ -338,6 +366,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       ...(spec.connect ? { CONNECT_PORT: String(localPorts.appConnect(spec.name, version)) } : {}),
       SERVICE_VERSION: version,
       REDIS_URL: redisUrl,
+      ...redisEnv,
+      ...clusterServiceEnv[spec.name],
       // Admin RPCs accept the edge's admin JWTs (npm run token -- --role admin).
       JWKS_PATH: pki.jwks,
       // Spans go to `npm run observe`'s Zipkin. The apps follow Envoy's sampling decision,
@@ -377,6 +407,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   };
   const mesh: Mesh = {
     redisUrl,
+    redisClusterNodes,
     edge: `127.0.0.1:${localPorts.edge}`,
     edgeAdmin: `http://127.0.0.1:${localPorts.edgeAdmin}`,
     instances: running,

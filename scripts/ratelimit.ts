@@ -61,6 +61,8 @@ export function renderRateLimitConfig(limits: EdgeRateLimits = defaultEdgeRateLi
 export interface RateLimitServiceOptions {
   /** redis://host:port of the Redis holding the counters (shared by every edge). */
   redisUrl: string;
+  /** "host:port,..." of a Redis Cluster's nodes: counters go to the cluster instead. */
+  redisClusterNodes?: string;
   /** Loopback ports; a free one each when not given. */
   grpcPort?: number;
   httpPort?: number;
@@ -127,8 +129,7 @@ export async function rateLimitCommand(options: RateLimitServiceOptions & { runt
     LOG_FORMAT: "json",
     BACKEND_TYPE: "redis",
     REDIS_SOCKET_TYPE: "tcp",
-    REDIS_TYPE: "SINGLE",
-    REDIS_URL: new URL(options.redisUrl).host,
+    ...(options.redisClusterNodes ? { REDIS_TYPE: "CLUSTER", REDIS_URL: options.redisClusterNodes, REDIS_PIPELINE_WINDOW: "150us" } : { REDIS_TYPE: "SINGLE", REDIS_URL: new URL(options.redisUrl).host }),
     CACHE_KEY_PREFIX: "ratelimit:",
     RUNTIME_ROOT: options.runtimeDir,
     RUNTIME_SUBDIRECTORY: "ratelimit",

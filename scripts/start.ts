@@ -1,9 +1,12 @@
-// `npm start`: the whole mesh on this machine. Logs go to .run/logs/; Ctrl-C stops
-// everything. A process that dies once the mesh is up is restarted (see Supervised).
+// `npm start [-- --redis-cluster]`: the whole mesh on this machine (on one Redis, or on a
+// 6-node Redis Cluster). Logs go to .run/logs/; Ctrl-C stops everything. A process that
+// dies once the mesh is up is restarted (see Supervised).
+import { parseArgs } from "node:util";
 import { availableServices, startMesh, type Mesh } from "./mesh.js";
 import { tool } from "./tools.js";
 import { startWebConsole, type WebConsole } from "./web.js";
 
+const { values: args } = parseArgs({ options: { "redis-cluster": { type: "boolean", default: false } } });
 const started = performance.now();
 const services = availableServices();
 console.log(`starting ${services.join(", ")} with their Envoy sidecars, and the edge...`);
@@ -24,7 +27,7 @@ const stop = async () => {
 };
 process.on("SIGINT", stop);
 process.on("SIGTERM", stop);
-mesh = await startMesh({ signal: interrupted.signal }).catch((err: Error) => {
+mesh = await startMesh({ signal: interrupted.signal, redisCluster: args["redis-cluster"] }).catch((err: Error) => {
   console.error(`npm start failed: ${err.message}`);
   process.exit(1);
 });
@@ -43,7 +46,7 @@ const ghz = tool("ghz");
 const rows = mesh.instances.map((i) => `  ${i.id.padEnd(15)} app 127.0.0.1:${i.appPort}  sidecar ingress :${i.ingressPort}  admin :${i.sidecarAdminPort}  metrics :${i.metricsPort}/metrics`);
 const hasPrediction = services.includes("prediction");
 console.log(`
-recsys-mesh is up in ${seconds}s (Redis ${mesh.redisUrl}).
+recsys-mesh is up in ${seconds}s (${mesh.redisClusterNodes ? `Redis Cluster ${mesh.redisClusterNodes}` : `Redis ${mesh.redisUrl}`}).
 
   edge (gRPC, gRPC-web, Connect)  ${mesh.edge}
   edge admin (stats, runtime)     ${mesh.edgeAdmin}
