@@ -174,6 +174,7 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
       ...(spec.versions.length > 1 ? { SERVICE_VERSION: version } : {}),
       ...upstreamEnv(spec, version, spec.upstreams),
       ...work.dataDirs,
+      ...work.env,
       // Admin calls carry the edge's verified JWT; the app checks it against the same keys.
       JWKS_PATH,
       // The app's spans join its Envoys' in the same Zipkin (sampled as Envoy decided).

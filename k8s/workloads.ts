@@ -22,6 +22,8 @@ export interface Workload {
   redis: boolean;
   /** Writable directories on an emptyDir (the root filesystem is read-only): env var -> path. */
   dataDirs?: Record<string, string>;
+  /** Settings of the service that its replicas need in the cluster. */
+  env?: Record<string, string>;
   /**
    * Seconds the app may take to report SERVING the first time: loading and warming
    * models, building the ANN index.
@@ -47,6 +49,9 @@ export const workloads: Record<string, Workload> = {
     autoscaling: { minReplicas: 2, maxReplicas: 10, cpuPercent: 70, rpsPerPod: 1000 },
     redis: true,
     dataDirs: { RETRIEVAL_DATA_DIR: "/var/lib/recsys/retrieval" },
+    // Two or more replicas: upserts and deletes go through a shared Redis Stream that
+    // every replica applies, so an item written through one is served by all.
+    env: { REPLICATE_INDEX_OPS: "true" },
     startupSeconds: 600,
   },
   experiment: {
