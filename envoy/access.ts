@@ -49,7 +49,7 @@ export const accessTable: MethodAccess[] = [
   method("experiment", "CreateExperiment", "admin", [], "changes what users see"),
   method("experiment", "UpdateExperiment", "admin", [], "changes what users see"),
   method("experiment", "ListExperiments", "admin", [], "the app requires the admin token for it (experiment.proto)"),
-  method("experiment", "RecordExposures", "internal", [], "forged exposures would skew results: backends only"),
+  method("experiment", "RecordExposures", "internal", ["prediction"], "forged exposures would skew results: backends only, and prediction for the variants it serves"),
   method("experiment", "RecordOutcome", "internal", [], "forged outcomes would skew results: backends only"),
   method("experiment", "GetResults", "internal", [], "unpublished results: backends and operators"),
   method("echo", "Echo", "public", [], "the benchmark baseline"),

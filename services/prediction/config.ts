@@ -67,6 +67,15 @@ export const predictionConfigShape = {
   MAX_CONCURRENT: positiveInt(64),
   /** Queueing delay past which LOW is refused (RESOURCE_EXHAUSTED) and NORMAL answered from a cheaper rung. */
   SHED_QUEUE_DELAY_MS: positiveInt(50),
+
+  /**
+   * Exposures of served variants, sent to the experiment service in the background:
+   * at most this many queued (beyond, new ones are dropped and counted), this many
+   * per RecordExposures call, a partial batch sent after this long.
+   */
+  EXPOSURE_QUEUE_MAX: positiveInt(10_000),
+  EXPOSURE_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(500),
+  EXPOSURE_FLUSH_MS: positiveInt(200),
 };
 
 export type PredictionConfig = ReturnType<typeof loadPredictionConfig>;

@@ -5,6 +5,7 @@ import { CacheLevel, FallbackLevel, PredictRequestSchema, type PredictRequest, t
 import { CandidateSource, PopularKind, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, Deadline, activeTraceId, invalidArgument, statusError, type Logger } from "../kit/index.js";
 import type { Admission } from "./admission.js";
+import type { ExposureRecorder } from "./exposures.js";
 import type { OnlineAccuracy } from "./online-accuracy.js";
 import type { VariantResolver } from "./assignment.js";
 import type { CacheKey, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
@@ -173,6 +174,8 @@ export interface PredictorDeps {
   admission: Admission;
   /** Told every answer served, for the join with clicks. */
   accuracy: OnlineAccuracy;
+  /** Told the experiment variant of every answer served; none without an experiment service. */
+  exposures?: ExposureRecorder;
   log: Logger;
 }
 
@@ -243,6 +246,8 @@ export class Predictor {
         modelVersions: outcome.modelVersions,
         atMs: Date.now(),
       });
+      // A queue append, never a wait: the answer does not depend on the experiment service.
+      if (outcome.experimentId) this.deps.exposures?.record({ experimentId: outcome.experimentId, variant: outcome.variant, userId: plan.userId });
       return {
         predictions: served.map((item, i) => ({ ...item, rank: i + 1 })),
         metadata: {

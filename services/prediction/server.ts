@@ -10,6 +10,7 @@ import { PredictionCache } from "./cache.js";
 import { loadPredictionConfig, type PredictionConfig } from "./config.js";
 import { FeatureReader } from "./features.js";
 import { predictionService } from "./handlers.js";
+import { ExposureRecorder } from "./exposures.js";
 import { ModelStore } from "./model-store.js";
 import { PopularCopy } from "./popular.js";
 import { OnlineAccuracy } from "./online-accuracy.js";
@@ -61,8 +62,9 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     itemMaxAgeMs: 10 * 60_000,
     version: config.SERVICE_VERSION,
   });
+  const experiments = config.EXPERIMENT_ADDR ? createServiceClient(ExperimentService, config.EXPERIMENT_ADDR) : undefined;
   const variants = new VariantResolver(
-    config.EXPERIMENT_ADDR ? createServiceClient(ExperimentService, config.EXPERIMENT_ADDR) : undefined,
+    experiments,
     {
       redisUrl: config.REDIS_URL,
       holdoutPercent: config.HOLDOUT_PERCENT,
@@ -91,9 +93,21 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }
   const accuracy = new OnlineAccuracy({ serviceVersion: config.SERVICE_VERSION });
+  const exposures = experiments
+    ? new ExposureRecorder({
+        client: experiments,
+        maxQueued: config.EXPOSURE_QUEUE_MAX,
+        batchSize: config.EXPOSURE_BATCH_SIZE,
+        flushIntervalMs: config.EXPOSURE_FLUSH_MS,
+        callTimeoutMs: 5_000,
+        maxAttempts: 5,
+        log,
+      })
+    : undefined;
   const predictor = new Predictor({
     config,
     accuracy,
+    exposures,
     store,
     cache,
     features,
@@ -106,7 +120,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   const close = async () => {
     accuracy.close();
     popular.close();
-    await Promise.all([store.close(), cache.close(), variants.close()]);
+    await Promise.all([store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
   };
   return { predictor, store, cache, variants, close };
 }
