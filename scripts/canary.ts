@@ -57,7 +57,9 @@ export const defaultGates: CanaryGates = {
   maxFallbackIncrease: 0.05,
   maxSlowIncrease: 0.25,
   slowQuantile: 0.9,
-  minOverlap: 0.5,
+  // A random ranking overlaps v1's top 10 by about 0.05; the same model, under load, by
+  // 0.3 to 1 (each app's item features are cached and refreshed on its own schedule).
+  minOverlap: 0.3,
   maxScoreDrift: 0.05,
   zStop: 3,
   zQuality: 1.96,
@@ -156,9 +158,9 @@ export async function v2Unavailable(edgeAdmin: string): Promise<string> {
   const s = await stats(edgeAdmin, "^cluster\\.prediction-v2\\.(membership_healthy|outlier_detection\\.ejections_active)$");
   const healthy = s.get("cluster.prediction-v2.membership_healthy") ?? 0;
   const ejected = s.get("cluster.prediction-v2.outlier_detection.ejections_active") ?? 0;
-  if (healthy === 0) return "the edge sees no healthy prediction-v2 instance";
-  if (healthy - ejected <= 0) return "outlier detection ejected every prediction-v2 host";
-  return "";
+  // membership_healthy already leaves out ejected hosts.
+  if (healthy > 0) return "";
+  return ejected > 0 ? "outlier detection ejected every prediction-v2 host" : "the edge sees no healthy prediction-v2 instance";
 }
 
 export const v2Healthy = async (edgeAdmin: string) => (await v2Unavailable(edgeAdmin)) === "";
@@ -225,8 +227,8 @@ function breach(f: StepFigures, g: CanaryGates): string {
     }
   }
   const { overlap, drift } = f.shadow;
-  if (overlap && f.shadow.pairs >= g.minPairs / 2 && overlap.high < g.minOverlap) return `rankings differ: top-10 overlap ${overlap.value.toFixed(2)} (<= ${overlap.high.toFixed(2)}) < ${g.minOverlap} over ${f.shadow.pairs} shadow pairs`;
-  if (drift && f.shadow.pairs >= g.minPairs / 2 && drift.low > g.maxScoreDrift) return `scores drift: mean |v2 - v1| ${drift.value.toFixed(3)} (>= ${drift.low.toFixed(3)}) > ${g.maxScoreDrift} over ${f.shadow.pairs} shadow pairs`;
+  if (overlap && f.shadow.pairs >= g.minPairs && overlap.high < g.minOverlap) return `rankings differ: top-10 overlap ${overlap.value.toFixed(2)} (<= ${overlap.high.toFixed(2)}) < ${g.minOverlap} over ${f.shadow.pairs} shadow pairs`;
+  if (drift && f.shadow.pairs >= g.minPairs && drift.low > g.maxScoreDrift) return `scores drift: mean |v2 - v1| ${drift.value.toFixed(3)} (>= ${drift.low.toFixed(3)}) > ${g.maxScoreDrift} over ${f.shadow.pairs} shadow pairs`;
   return "";
 }
 

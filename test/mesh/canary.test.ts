@@ -63,8 +63,9 @@ describe("canary controller", () => {
       const miss = step.figures.cacheLevels.miss!;
       expect(Math.min(miss.v1.n, miss.v2.n)).toBeGreaterThanOrEqual(report.gates.minCompared);
       expect(step.figures.shadow.pairs).toBeGreaterThanOrEqual(report.gates.minPairs);
-      // Same build, same models: much the same rankings (v2's fresh item features may differ a little from v1's cached ones).
-      expect(step.figures.shadow.overlap!.value).toBeGreaterThan(0.6);
+      // Same build, same models: the same scores for the items both rank (their top 10s may
+      // differ where v2's freshly read item features differ from v1's cached ones).
+      expect(step.figures.shadow.drift!.value).toBeLessThan(report.gates.maxScoreDrift);
     }
     for (const step of report.steps.slice(1)) expect(step.figures.edge!.requests).toBeGreaterThanOrEqual(report.gates.minRequests);
     expect(callers.failures, JSON.stringify(callers.failuresByMessage)).toBe(0);
@@ -76,18 +77,21 @@ describe("canary controller", () => {
     await canary.allOnV1();
     await v2Back();
     const chaos = (values: Record<string, number>) => setRuntime(canary.sidecarAdmin("prediction-v2"), values);
-    const retriesBefore = await stat(canary.mesh.edgeAdmin, "cluster.prediction-v2-first.upstream_rq_retry");
+    const retryStat = (name: string) => stat(canary.mesh.edgeAdmin, `cluster.prediction-v2-first.${name}`);
+    const retriesBefore = await retryStat("upstream_rq_retry");
+    const retriedOkBefore = await retryStat("upstream_rq_retry_success");
     try {
       // v2 breaks as the traffic reaches it (UNAVAILABLE: a version that cannot serve).
       const { report, callers } = await canary.canary({ onStep: (weight) => (weight === 20 ? chaos({ "chaos.abort_percent": 60, "chaos.abort_grpc_status": 14 }) : undefined) }, 40);
       expect(report.outcome, report.reason).toBe("rolled_back");
       const step = report.steps.at(-1)!;
       expect(step.weight).toBe(20);
-      expect(step.reason).toMatch(/failed|ejected/);
+      expect(step.reason).toMatch(/failed|ejected|no healthy/);
       expect(step.durationMs).toBeLessThanOrEqual(2000);
-      // The failures v1 answered on retry, as the edge counted them.
-      const retried = (await stat(canary.mesh.edgeAdmin, "cluster.prediction-v2-first.upstream_rq_retry")) - retriesBefore;
-      expect(retried).toBeGreaterThan(0);
+      // The failures v1 answered on retry, as the edge counted them, and as the canary did.
+      expect((await retryStat("upstream_rq_retry")) - retriesBefore).toBeGreaterThan(0);
+      expect((await retryStat("upstream_rq_retry_success")) - retriedOkBefore).toBeGreaterThan(0);
+      expect(step.figures.edge!.retries).toBeGreaterThan(0);
       expect(callers.failures / callers.calls, `${callers.failures} of ${callers.calls}: ${JSON.stringify(callers.firstFailures)}; the step began ${new Date(Date.parse(report.startedAt) + step.startedMs).toISOString()}`).toBeLessThanOrEqual(0.001);
       expect(await weights()).toEqual({ v1: 100, v2: 0 });
     } finally {
