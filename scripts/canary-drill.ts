@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { formatReport, runCanary, type CanaryReport } from "./canary.js";
+import { formatReport, meshTarget, runCanary, type CanaryReport } from "./canary.js";
 import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "./canary-traffic.js";
 import { setRuntime } from "./envoy-admin.js";
 import { startMesh, waitEdgeHealthy } from "./mesh.js";
@@ -37,7 +37,6 @@ const results: { report: CanaryReport; callers: TrafficTally }[] = [];
 try {
   const token = (await loadGeneratorAuth("canary-drill")).authorization.slice("Bearer ".length);
   const instance = (id: string) => mesh.instances.find((i) => i.id === id)!;
-  const metrics = (id: string) => `http://127.0.0.1:${instance(id).metricsPort}/metrics`;
   const v2Chaos = (percent: number) => setRuntime(`http://127.0.0.1:${instance("prediction-v2").sidecarAdminPort}`, { "chaos.abort_percent": percent, "chaos.abort_grpc_status": 14 });
   const abortPercent = Number(values["abort-percent"]);
   const users = usersByActivity();
@@ -53,10 +52,7 @@ try {
     await new Promise((r) => setTimeout(r, 10_000));
     const before = traffic.tally();
     const report = await runCanary({
-      edge: mesh.edge,
-      edgeAdmin: mesh.edgeAdmin,
-      token,
-      metricsUrls: { v1: metrics("prediction-v1"), v2: metrics("prediction-v2") },
+      ...meshTarget(mesh, token),
       steps: values.steps!.split(",").map(Number),
       intervalMs: Number(values["interval-s"]) * 1000,
       log: (line) => console.log(`run ${run}: ${line}`),

@@ -24,6 +24,7 @@ import { CanaryProbe, shadowSample, type ShadowPair } from "./canary-shadow.js";
 import { usersByActivity } from "./canary-traffic.js";
 import { setRuntime, stats } from "./envoy-admin.js";
 import { loadGeneratorAuth } from "./token.js";
+import type { Mesh } from "./mesh.js";
 import { ROOT } from "./tools.js";
 
 export interface CanaryGates {
@@ -161,6 +162,12 @@ export async function v2Unavailable(edgeAdmin: string): Promise<string> {
   // membership_healthy already leaves out ejected hosts.
   if (healthy > 0) return "";
   return ejected > 0 ? "outlier detection ejected every prediction-v2 host" : "the edge sees no healthy prediction-v2 instance";
+}
+
+/** Where the canary reads and calls on a mesh that scripts/mesh.ts started. */
+export function meshTarget(mesh: Mesh, token: string): Pick<CanaryOptions, "edge" | "edgeAdmin" | "token" | "metricsUrls"> {
+  const metrics = (v: string) => `http://127.0.0.1:${mesh.instances.find((i) => i.id === `prediction-${v}`)!.metricsPort}/metrics`;
+  return { edge: mesh.edge, edgeAdmin: mesh.edgeAdmin, token, metricsUrls: { v1: metrics("v1"), v2: metrics("v2") } };
 }
 
 export const v2Healthy = async (edgeAdmin: string) => (await v2Unavailable(edgeAdmin)) === "";

@@ -3,7 +3,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runCanary, type CanaryOptions, type CanaryReport } from "../../scripts/canary.js";
+import { meshTarget, runCanary, type CanaryOptions, type CanaryReport } from "../../scripts/canary.js";
 import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "../../scripts/canary-traffic.js";
 import { setRuntime } from "../../scripts/envoy-admin.js";
 import { startMesh, type Mesh, type MeshOptions } from "../../scripts/mesh.js";
@@ -28,7 +28,6 @@ export async function startCanaryMesh(options: MeshOptions = {}): Promise<Canary
   const mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" }, ...options });
   const token = (await edgeTokenMinter())("canary-test");
   const instance = (id: string) => mesh.instances.find((i) => i.id === id)!;
-  const metrics = (id: string) => `http://127.0.0.1:${instance(id).metricsPort}/metrics`;
   const users = usersByActivity();
   let run = 0;
   const allOnV1 = () => setRuntime(mesh.edgeAdmin, { "routing.prediction.prediction-v1": 100, "routing.prediction.prediction-v2": 0 });
@@ -46,10 +45,7 @@ export async function startCanaryMesh(options: MeshOptions = {}): Promise<Canary
         while ((traffic.tally().answersByVersion.v1 ?? 0) < 150) await new Promise((r) => setTimeout(r, 100));
         const before = traffic.tally();
         const report = await runCanary({
-          edge: mesh.edge,
-          edgeAdmin: mesh.edgeAdmin,
-          token,
-          metricsUrls: { v1: metrics("prediction-v1"), v2: metrics("prediction-v2") },
+          ...meshTarget(mesh, token),
           steps: [20, 50],
           intervalMs: 5000,
           // A loaded machine answers fewer calls a second: a step may wait for its counts.
