@@ -18,6 +18,9 @@ const redisSuites = [
   "services/retrieval/test/candidates.test.ts",
   "services/retrieval/test/replicas.test.ts",
   "services/prediction/test/exposures.test.ts",
+  "services/prediction/test/prediction.test.ts",
+  "services/prediction/test/cache.test.ts",
+  "services/prediction/test/predict-exposures.test.ts",
 ];
 
 export default defineConfig({

@@ -1,9 +1,10 @@
 import { randomUUID } from "node:crypto";
-import { Redis } from "ioredis";
+import { Cluster } from "ioredis";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "../kit/index.js";
+import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { cacheLookups } from "./metrics.js";
-import { failFastRedis, reconnectDelay } from "./redis.js";
+import { failFastRedis } from "./redis.js";
 
 export interface CachedItem {
   itemId: string;
@@ -49,7 +50,8 @@ export interface CacheHit {
 }
 
 export interface CacheOptions {
-  redisUrl: string;
+  /** REDIS_URL, and REDIS_CLUSTER_NODES for a Redis Cluster. */
+  redis: RedisSettings;
   redisTimeoutMs: number;
   l1MaxEntries: number;
   l1TtlMs: number;
@@ -76,8 +78,8 @@ export class PredictionCache {
   private readonly l1: LRUCache<string, CachedPrediction>;
   /** L1 keys by user, kept in step by the LRU's dispose hook, for per-user drops and fallbacks. */
   private readonly l1ByUser = new Map<string, Set<string>>();
-  private readonly redis: Redis;
-  private readonly subscriber: Redis;
+  private readonly redis: RedisClient;
+  private readonly subscriber: RedisClient;
   private readonly instanceId = randomUUID();
   /** L2 writes not yet answered, so close() lets them land. */
   private readonly writes = new Set<Promise<void>>();
@@ -97,16 +99,14 @@ export class PredictionCache {
         if (keys?.size === 0) this.l1ByUser.delete(userId);
       },
     });
-    this.redis = failFastRedis(options.redisUrl, options.redisTimeoutMs);
-    // The subscriber waits for replies to SUBSCRIBE, so it keeps an offline queue and no command timeout.
-    this.subscriber = new Redis(options.redisUrl, { retryStrategy: reconnectDelay });
+    this.redis = failFastRedis(options.redis, options.redisTimeoutMs, "prediction-cache");
+    this.subscriber = createRedis(options.redis, { commandTimeoutMs: options.redisTimeoutMs, subscriber: true, name: "prediction-cache-invalidations" });
     let healthy = true;
     const onError = (err: Error) => {
       if (healthy) options.log.warn({ err: err.message }, "prediction cache: Redis unavailable, serving without L2");
       healthy = false;
     };
     this.redis.on("error", onError);
-    this.subscriber.on("error", () => {});
     this.redis.on("ready", () => {
       if (!healthy) options.log.info("prediction cache: Redis back");
       healthy = true;
@@ -120,7 +120,7 @@ export class PredictionCache {
    * whenever Redis is down, L2 counts as a miss).
    */
   async connect(timeoutMs: number): Promise<boolean> {
-    const ready = (client: Redis) =>
+    const ready = (client: RedisClient) =>
       client.status === "ready" ? Promise.resolve() : new Promise<void>((resolve) => client.once("ready", () => resolve()));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
@@ -245,17 +245,20 @@ export class PredictionCache {
   async invalidate(users: string[] | "all"): Promise<{ l1Removed: number; l2Removed: number }> {
     const l1Removed = this.dropL1(users);
     let l2Removed = 0;
+    // One UNLINK per key: a user's hash is its own hash slot, and a multi-key command across slots fails on a cluster.
+    const unlink = async (keys: string[]) => (await Promise.all(keys.map((key) => this.redis.unlink(key)))).reduce((sum, n) => sum + n, 0);
     if (users === "all") {
-      let cursor = "0";
-      do {
-        const [next, keys] = await this.redis.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 1000);
-        cursor = next;
-        if (keys.length > 0) l2Removed += await this.redis.unlink(...keys);
-      } while (cursor !== "0");
-    } else {
-      for (let i = 0; i < users.length; i += 1000) {
-        l2Removed += await this.redis.unlink(...users.slice(i, i + 1000).map((u) => PREFIX + u));
+      // SCAN walks one node's keys: on a cluster, every master's.
+      for (const node of this.redis instanceof Cluster ? this.redis.nodes("master") : [this.redis]) {
+        let cursor = "0";
+        do {
+          const [next, keys] = await node.scan(cursor, "MATCH", `${PREFIX}*`, "COUNT", 1000);
+          cursor = next;
+          l2Removed += await unlink(keys);
+        } while (cursor !== "0");
       }
+    } else {
+      for (let i = 0; i < users.length; i += 1000) l2Removed += await unlink(users.slice(i, i + 1000).map((u) => PREFIX + u));
     }
     await this.redis.publish(CHANNEL, JSON.stringify({ origin: this.instanceId, users }));
     return { l1Removed, l2Removed };

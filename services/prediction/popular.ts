@@ -1,6 +1,6 @@
 import { ALL_CATEGORIES, rankedListKey } from "../kit/ranked-lists.js";
-import type { Redis } from "ioredis";
 import type { Logger } from "../kit/index.js";
+import type { RedisClient, RedisSettings } from "../kit/redis.js";
 import { popularListAge, popularRefreshes } from "./metrics.js";
 import { failFastRedis } from "./redis.js";
 
@@ -22,8 +22,9 @@ export interface PopularItem {
 }
 
 export interface PopularCopyOptions {
-  redisUrl: string;
-  /** Budget of one refresh's read (one pipelined round trip); off the request path, so generous. */
+  /** REDIS_URL, and REDIS_CLUSTER_NODES for a Redis Cluster. */
+  redis: RedisSettings;
+  /** Budget of each list's read in a refresh (all sent at once); off the request path, so generous. */
   readTimeoutMs: number;
   /** Items kept per list. */
   depth: number;
@@ -43,7 +44,7 @@ export interface PopularCopyOptions {
  * last good copy; its age is the metric recsys_prediction_popular_list_age_seconds.
  */
 export class PopularCopy {
-  private readonly redis: Redis;
+  private readonly redis: RedisClient;
   private lists = new Map<string, PopularItem[]>();
   private refreshedAt: number | undefined;
   private refreshing: Promise<boolean> | undefined;
@@ -53,8 +54,7 @@ export class PopularCopy {
 
   constructor(private readonly options: PopularCopyOptions) {
     this.now = options.now ?? Date.now;
-    this.redis = failFastRedis(options.redisUrl, options.readTimeoutMs);
-    this.redis.on("error", () => {}); // reported per refresh, below
+    this.redis = failFastRedis(options.redis, options.readTimeoutMs, "prediction-popular");
   }
 
   /** The list of a category (or ALL_CATEGORIES), best first; undefined when there is none. */
@@ -83,8 +83,9 @@ export class PopularCopy {
   }
 
   /**
-   * Reads every list in one round trip and swaps the copy in whole; on failure, or
-   * when Redis holds no list at all, the last good copy stays. Concurrent calls share
+   * Reads every list at once (one read per list: on a cluster the lists live on
+   * different nodes) and swaps in what was read; a list that could not be read keeps
+   * its last good copy, and when Redis holds no list at all, the whole copy stays. Concurrent calls share
    * one read. Never throws; resolves whether the copy is now fresh.
    */
   refresh(): Promise<boolean> {
@@ -108,32 +109,39 @@ export class PopularCopy {
     const { version, depth, log } = this.options;
     const categories = [ALL_CATEGORIES, ...new Set(this.options.categories())].slice(0, MAX_LISTS);
     let result: "ok" | "empty" | "error" = "error";
-    try {
-      const pipeline = this.redis.pipeline();
-      for (const category of categories) pipeline.zrevrange(listKey(category), 0, depth - 1, "WITHSCORES");
-      const replies = (await pipeline.exec()) ?? [];
+    const replies = await Promise.allSettled(categories.map((category) => this.redis.zrevrange(listKey(category), 0, depth - 1, "WITHSCORES")));
+    const read = new Map<string, PopularItem[]>();
+    let failure: unknown;
+    categories.forEach((category, i) => {
+      const reply = replies[i]!;
+      if (reply.status === "rejected") {
+        failure ??= reply.reason;
+        return;
+      }
+      const items: PopularItem[] = [];
+      for (let j = 0; j + 1 < reply.value.length; j += 2) items.push({ itemId: reply.value[j]!, score: Number(reply.value[j + 1]) });
+      if (items.length > 0) read.set(category, items);
+    });
+    if (failure === undefined && read.size === 0) {
+      // No list at all is a Redis restarted empty or not yet seeded, not news: keep what we have.
+      result = "empty";
+    } else {
       const next = new Map<string, PopularItem[]>();
       categories.forEach((category, i) => {
-        const [err, reply] = replies[i] ?? [new Error("no reply")];
-        if (err) throw err;
-        const flat = reply as string[];
-        const items: PopularItem[] = [];
-        for (let j = 0; j + 1 < flat.length; j += 2) items.push({ itemId: flat[j]!, score: Number(flat[j + 1]) });
-        if (items.length > 0) next.set(category, items);
+        const list = replies[i]!.status === "rejected" ? this.lists.get(category) : read.get(category);
+        if (list) next.set(category, list);
       });
-      // No list at all is a Redis restarted empty or not yet seeded, not news: keep what we have.
-      if (next.size === 0) {
-        result = "empty";
-      } else {
-        this.lists = next;
+      this.lists = next;
+      if (failure === undefined) {
         this.refreshedAt = this.now();
         if (this.failing) log.info({ lists: next.size }, "popular lists: copy refreshed again");
         this.failing = false;
         result = "ok";
+      } else {
+        // The age metric keeps growing until every list is read again.
+        if (!this.failing) log.warn({ err: (failure as Error).message }, "popular lists: refresh failed; keeping the last good copy of the lists not read");
+        this.failing = true;
       }
-    } catch (err) {
-      if (!this.failing) log.warn({ err: (err as Error).message }, "popular lists: refresh failed; keeping the last good copy");
-      this.failing = true;
     }
     popularRefreshes.inc({ version, result });
     const age = this.ageSeconds();

@@ -36,8 +36,9 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   });
   const models = await store.open();
   log.info({ models: models.versions }, "models loaded and warmed");
+  const redis = { REDIS_URL: config.REDIS_URL, REDIS_CLUSTER_NODES: config.REDIS_CLUSTER_NODES };
   const cache = new PredictionCache({
-    redisUrl: config.REDIS_URL,
+    redis,
     redisTimeoutMs: config.REDIS_TIMEOUT_MS,
     l1MaxEntries: config.L1_MAX_ENTRIES,
     l1TtlMs: config.L1_TTL_MS,
@@ -47,7 +48,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     log,
   });
   const popular = new PopularCopy({
-    redisUrl: config.REDIS_URL,
+    redis,
     readTimeoutMs: config.POPULAR_READ_TIMEOUT_MS,
     depth: config.POPULAR_DEPTH,
     categories: () => store.serving.catalog.categories,
@@ -67,6 +68,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     experiments,
     {
       redisUrl: config.REDIS_URL,
+      redisClusterNodes: config.REDIS_CLUSTER_NODES,
       holdoutPercent: config.HOLDOUT_PERCENT,
       holdoutSalt: config.HOLDOUT_SALT,
       refreshMs: config.EXPERIMENTS_REFRESH_MS,

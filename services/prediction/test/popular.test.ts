@@ -36,7 +36,7 @@ describe("the local copy of the popular lists (real Redis)", () => {
     await writer.zadd("recsys:popular:c2", 9, "b1", 8, "b2");
     await writer.zadd("recsys:popular:all", 9, "b1", 8, "b2", 7, "deleted-item", 4, "a1");
     copy = new PopularCopy({
-      redisUrl: redis.url,
+      redis: { REDIS_URL: redis.url },
       readTimeoutMs: 300,
       depth: 3,
       categories: () => ["c1", "c2", "c3"],

@@ -2,7 +2,6 @@ import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { Redis } from "ioredis";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -17,7 +16,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { freePort } from "../../../scripts/processes.js";
 import { ROOT } from "../../../scripts/tools.js";
-import { startRedis, type TestRedis } from "../../../test/support/redis.js";
+import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { startExperiment } from "../../experiment/server.js";
 import { startFeatureService } from "../../feature/server.js";
 import { Code, ConnectError, createServiceClient, registry, type RunningServer } from "../../kit/index.js";
@@ -61,7 +60,7 @@ function invalidField(err: ConnectError): string | undefined {
 }
 
 describe("prediction service through real feature, retrieval and experiment servers and Redis", () => {
-  let redis: TestRedis;
+  let redis: TestRedisTarget;
   let dir: string;
   const servers: RunningServer[] = [];
   let featureProxy: FaultProxy;
@@ -72,12 +71,12 @@ describe("prediction service through real feature, retrieval and experiment serv
   let popular: PopularFixture;
 
   const predict = (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = GENEROUS_MS) => client.predict(request, { timeoutMs });
-  const start = async (env: Record<string, string> = {}) => {
+  const start = async (env: Record<string, string | undefined> = {}) => {
     const server = await startPrediction({
       GRPC_PORT: "0",
       LOG_LEVEL: "silent",
       ADMIN_TOKEN: TOKEN,
-      REDIS_URL: redis.url,
+      ...redis.env,
       MODELS_DIR: join(dir, "models"),
       MODELS_POLL_MS: "0",
       FEATURE_ADDR: featureProxy.address,
@@ -95,7 +94,7 @@ describe("prediction service through real feature, retrieval and experiment serv
   };
 
   beforeAll(async () => {
-    redis = await startRedis();
+    redis = await startTestRedis();
     dir = mkdtempSync(join(tmpdir(), "recsys-prediction-"));
     // A copy of the models, so the hot-swap test can add a version, and every server and
     // fixture reads one generation even while the training pipeline rewrites models/.
@@ -104,7 +103,7 @@ describe("prediction service through real feature, retrieval and experiment serv
       cpSync(join(ROOT, "models", name, "v1"), join(models, name, "v1"), { recursive: true });
     }
     // Redis budgets a loaded machine meets: these servers are the stage, not what is tested.
-    const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000" };
+    const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000" };
     servers.push(await startExperiment(common));
     const feature = await startFeatureService({ ...common, CATALOG_PATH: join(models, "catalog", "v1", "items.jsonl"), POPULAR_PUBLISH_INTERVAL_MS: "1000" });
     servers.push(feature);
@@ -120,7 +119,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     // prediction instance then starts with its copy of them.
     popular = popularFixture(models);
     await clickPopularItems(features, popular);
-    const lists = new Redis(redis.url);
+    const lists = redis.client();
     await vi.waitFor(async () => {
       expect(await lists.zrevrange("recsys:popular:all", 0, 5)).toEqual([...popular.otherItems, ...popular.favouriteItems]);
       expect(await lists.zrevrange(`recsys:popular:${popular.favourite}`, 0, 2)).toEqual(popular.favouriteItems);
@@ -316,7 +315,7 @@ describe("prediction service through real feature, retrieval and experiment serv
 
     it("popular from retrieval while the lists cannot be read; static only when retrieval is down too", async () => {
       // Nothing listens on this address: the instance has no Redis (no lists, no L2, no in-process assigner).
-      const noRedis = await start({ REDIS_URL: `redis://127.0.0.1:${await freePort()}` });
+      const noRedis = await start({ REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_CLUSTER_NODES: undefined });
       const noRedisClient = createServiceClient(PredictionService, `127.0.0.1:${noRedis.port}`);
       const ask = async () => {
         const response = await noRedisClient.predict({ userId: "u000011", context: mobile, bypassCache: true, modelVariant: "default", numPredictions: 10 }, { timeoutMs: GENEROUS_MS });
@@ -458,7 +457,7 @@ describe("prediction service through real feature, retrieval and experiment serv
   it("precomputes L2 predictions for the most active users", async () => {
     const config = loadPredictionConfig({
       LOG_LEVEL: "silent",
-      REDIS_URL: redis.url,
+      ...redis.env,
       MODELS_DIR: join(dir, "models"),
       FEATURE_ADDR: featureProxy.address,
       RETRIEVAL_ADDR: retrievalProxy.address,
