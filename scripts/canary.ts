@@ -379,7 +379,7 @@ export async function runCanary(o: CanaryOptions): Promise<CanaryReport> {
   return finish("promoted", "every step within its limits");
 }
 
-const num = (x: number | null | undefined, digits = 2) => (x === null || x === undefined || Number.isNaN(x) ? "-" : x.toFixed(digits));
+const num = (x: number | null | undefined, digits = 2) => (x === null || x === undefined || !Number.isFinite(x) ? "-" : x.toFixed(digits));
 
 /** The report as a Markdown table: one row per phase, the figures that decided it. */
 export function formatReport(r: CanaryReport): string {
