@@ -216,7 +216,7 @@ export function featureService(store: OnlineStore, config: FeatureConfig) {
     }
     let counts: { accepted: number; duplicates: number };
     try {
-      counts = await appendEvents(store.redis, events, config.PARTITIONS, config.EVENT_DEDUPE_TTL_S);
+      counts = await appendEvents(store.redis, events, config.PARTITIONS, config.EVENT_DEDUPE_TTL_S, { replicaAcks: config.INGEST_REPLICA_ACKS, waitMs: config.REDIS_COMMAND_TIMEOUT_MS });
     } catch (err) {
       throw unavailable(err);
     }
