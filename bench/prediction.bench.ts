@@ -9,7 +9,7 @@
 // Redis, the experiment, feature, retrieval and prediction services run as their
 // own processes (as `npm start` runs them, without Envoy); the load comes from here.
 // Knobs: PREDICTION_BENCH_SECONDS (per measured scenario, default 8).
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Device } from "../gen/recsys/common/v1/common_pb.js";
@@ -25,20 +25,11 @@ import { WorkerModel } from "../services/prediction/inference.js";
 import { seedBatchFeatures } from "../services/prediction/test/feature-fixtures.js";
 import { startRedis } from "../test/support/redis.js";
 import { measure, ratio, summarize, zipfSampler, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
+import { usersByActivity } from "../scripts/canary-traffic.js";
 
 const seconds = Number(process.env.PREDICTION_BENCH_SECONDS ?? 8);
 const ADMIN_TOKEN = "bench-admin-token";
 const durationMs = seconds * 1000;
-
-/** User ids, most active first (user_log_events of the committed batch features). */
-function usersByActivity(): string[] {
-  return readFileSync(join(ROOT, "models", "features", "v1", "user_features.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((line) => JSON.parse(line) as { entity_id: string; values: { user_log_events: number } })
-    .sort((a, b) => b.values.user_log_events - a.values.user_log_events || (a.entity_id < b.entity_id ? -1 : 1))
-    .map((row) => row.entity_id);
-}
 
 /** Starts services/<name>/server.ts as its own process, adds it to `running`, and waits until it is SERVING. */
 async function startService(running: Started[], name: string, env: Record<string, string>): Promise<string> {
