@@ -408,15 +408,19 @@ function callRoute(cluster: string, spec: ServiceSpec): Obj {
 /**
  * callPolicy, with each retry sent to a version not tried yet (previous_priorities:
  * the aggregate's priorities are its versions) and to a host not tried yet: a call
- * that meets a dead or failing version is answered by the other one.
+ * that meets a dead or failing version is answered by the other one. INTERNAL is
+ * retried here too: across versions it is the other build's answer to a read, so a
+ * canary failing with INTERNAL costs callers nothing while the controller rolls it back.
  */
 function failoverRoute(spec: ServiceSpec, version: string): Obj {
   const policy = callPolicy(spec);
+  const retry = policy.retry_policy as Obj;
   return {
     cluster: failoverName(spec, version),
     ...policy,
     retry_policy: {
-      ...(policy.retry_policy as Obj),
+      ...retry,
+      retry_on: `${retry.retry_on as string},internal`,
       retry_priority: {
         name: "envoy.retry_priorities.previous_priorities",
         typed_config: { "@type": type("envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig"), update_frequency: 1 },
