@@ -203,7 +203,12 @@ function checkRows(request: WriteFeaturesRequest, now: number, maxFutureMs: numb
   });
 }
 
-export function featureService(store: OnlineStore, config: FeatureConfig) {
+/**
+ * ingestRedis: where event batches are appended. With INGEST_REPLICA_ACKS its WAIT holds
+ * the connection until a replica confirms (up to REDIS_COMMAND_TIMEOUT_MS), so it must not
+ * be the connection reads and health checks use.
+ */
+export function featureService(store: OnlineStore, config: FeatureConfig, ingestRedis: OnlineStore["redis"] = store.redis) {
   const maxFutureMs = config.MAX_EVENT_FUTURE_S * 1000;
 
   /** One atomic batch: every event checked, then appended all together (or rejected whole). */
@@ -216,7 +221,7 @@ export function featureService(store: OnlineStore, config: FeatureConfig) {
     }
     let counts: { accepted: number; duplicates: number };
     try {
-      counts = await appendEvents(store.redis, events, config.PARTITIONS, config.EVENT_DEDUPE_TTL_S, { replicaAcks: config.INGEST_REPLICA_ACKS, waitMs: config.REDIS_COMMAND_TIMEOUT_MS });
+      counts = await appendEvents(ingestRedis, events, config.PARTITIONS, config.EVENT_DEDUPE_TTL_S, { replicaAcks: config.INGEST_REPLICA_ACKS, waitMs: config.REDIS_COMMAND_TIMEOUT_MS });
     } catch (err) {
       throw unavailable(err);
     }

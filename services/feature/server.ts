@@ -19,6 +19,8 @@ export async function startFeatureService(env: Record<string, string | undefined
   const config = loadFeatureConfig(env);
   const log = createLogger("feature", config.LOG_LEVEL);
   const redis = connectRedis(config, { name: "feature" });
+  // Durable ingest waits for replicas on a connection of its own (see featureService).
+  const ingestRedis = config.INGEST_REPLICA_ACKS > 0 ? connectRedis(config, { name: "feature-ingest" }) : redis;
   const store = new OnlineStore(redis, config.PARTITIONS, {
     maxEntities: config.CACHE_MAX_ENTITIES,
     batchTtlMs: config.CACHE_BATCH_TTL_MS,
@@ -32,12 +34,13 @@ export async function startFeatureService(env: Record<string, string | undefined
     name: "feature",
     config,
     log,
-    services: [featureService(store, config)],
+    services: [featureService(store, config, ingestRedis)],
     onShutdown: async () => {
       stopped = true;
       clearInterval(checking);
       await aggregator?.stop();
       redis.disconnect();
+      if (ingestRedis !== redis) ingestRedis.disconnect();
     },
   });
 
