@@ -11,17 +11,24 @@ import { startCanaryMesh, type CanaryMesh } from "../support/canary-mesh.js";
 import { startDelayProxy, type DelayProxy } from "../support/delay-proxy.js";
 
 let canary: CanaryMesh;
+/** v2's delaying proxies; v1's calls take the same extra hop, never delayed, so the versions differ only by the delay. */
 let proxies: DelayProxy[] = [];
+let allProxies: DelayProxy[] = [];
 
 beforeAll(async () => {
-  const toFeature = await startDelayProxy(localPorts.egress("prediction", "v2", "feature"));
-  const toRetrieval = await startDelayProxy(localPorts.egress("prediction", "v2", "retrieval"));
-  proxies = [toFeature, toRetrieval];
-  canary = await startCanaryMesh({ instanceEnv: { "prediction-v2": { FEATURE_ADDR: toFeature.address, RETRIEVAL_ADDR: toRetrieval.address } } });
+  const viaProxies = async (version: string) => [
+    await startDelayProxy(localPorts.egress("prediction", version, "feature")),
+    await startDelayProxy(localPorts.egress("prediction", version, "retrieval")),
+  ];
+  const v1 = await viaProxies("v1");
+  proxies = await viaProxies("v2");
+  allProxies = [...v1, ...proxies];
+  const upstreams = ([toFeature, toRetrieval]: DelayProxy[]) => ({ FEATURE_ADDR: toFeature!.address, RETRIEVAL_ADDR: toRetrieval!.address });
+  canary = await startCanaryMesh({ instanceEnv: { "prediction-v1": upstreams(v1), "prediction-v2": upstreams(proxies) } });
 });
 afterAll(async () => {
   await canary?.stop();
-  await Promise.all(proxies.map((p) => p.close()));
+  await Promise.all(allProxies.map((p) => p.close()));
 });
 
 /** Median latency of v1 computing an answer (cache bypassed), as its answers report it. */
