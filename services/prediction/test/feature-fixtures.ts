@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { cpSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -96,4 +96,13 @@ export async function clickPopularItems(features: Client<typeof FeatureService>,
     category,
   }));
   await features.ingestEvents({ events }, { timeoutMs: 30_000 });
+}
+
+/** Copies the v1 models the prediction, feature and retrieval servers read into dir/models; returns that path. */
+export function copyModels(dir: string): string {
+  const models = join(dir, "models");
+  for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog", "features"]) {
+    cpSync(join(ROOT, "models", name, "v1"), join(models, name, "v1"), { recursive: true });
+  }
+  return models;
 }

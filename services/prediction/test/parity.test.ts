@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,7 +12,7 @@ import { startFeatureService } from "../../feature/server.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { startRetrievalService } from "../../retrieval/server.js";
 import { startPrediction } from "../server.js";
-import { seedBatchFeatures } from "./feature-fixtures.js";
+import { copyModels, seedBatchFeatures } from "./feature-fixtures.js";
 
 /**
  * Ranking parity: full predictions (cache bypassed) for fixed users, context and
@@ -64,10 +64,7 @@ describe("ranking parity with the recorded pipeline", () => {
   beforeAll(async () => {
     redis = await startRedis();
     dir = mkdtempSync(join(tmpdir(), "recsys-parity-"));
-    const models = join(dir, "models");
-    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog", "features"]) {
-      cpSync(join(ROOT, "models", name, "v1"), join(models, name, "v1"), { recursive: true });
-    }
+    const models = copyModels(dir);
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: "5000" };
     const feature = await startFeatureService({ ...common, CATALOG_PATH: join(models, "catalog", "v1", "items.jsonl") });
     servers.push(feature);

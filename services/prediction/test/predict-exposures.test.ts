@@ -1,13 +1,13 @@
 // Predict records the exposures of the experiment variants it serves: a real prediction
 // server, a real experiment service, a real Redis. The experiment service's GetResults
 // is the judge, so what is tested is the whole path (Predict -> recorder -> RecordExposures).
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExperimentService, ExperimentStatus } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
 import { PredictionService } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
-import { ROOT } from "../../../scripts/tools.js";
+import { copyModels } from "./feature-fixtures.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { startExperiment } from "../../experiment/server.js";
 import { createServiceClient, registry, type RunningServer } from "../../kit/index.js";
@@ -34,9 +34,7 @@ describe("Predict records an exposure for every answer that served an experiment
   beforeAll(async () => {
     redis = await startTestRedis();
     dir = mkdtempSync(join(tmpdir(), "recsys-predict-exposures-"));
-    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog", "features"]) {
-      cpSync(join(ROOT, "models", name, "v1"), join(dir, "models", name, "v1"), { recursive: true });
-    }
+    copyModels(dir);
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000", ...redis.env };
     experiment = await startExperiment(common);
     // Running before prediction starts: the in-process assigner (or, until it has loaded, the Assign RPC) knows it from the first call.

@@ -15,7 +15,6 @@ import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { freePort } from "../../../scripts/processes.js";
-import { ROOT } from "../../../scripts/tools.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { startExperiment } from "../../experiment/server.js";
 import { startFeatureService } from "../../feature/server.js";
@@ -25,7 +24,7 @@ import { loadPredictionConfig } from "../config.js";
 import { precompute } from "../precompute.js";
 import { startPrediction } from "../server.js";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
-import { clickPopularItems, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
+import { clickPopularItems, copyModels, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
 
 const TOKEN = "test-admin-token-123";
 const admin = { headers: { authorization: `Bearer ${TOKEN}` } };
@@ -98,10 +97,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     dir = mkdtempSync(join(tmpdir(), "recsys-prediction-"));
     // A copy of the models, so the hot-swap test can add a version, and every server and
     // fixture reads one generation even while the training pipeline rewrites models/.
-    const models = join(dir, "models");
-    for (const name of ["ranker-gbdt", "ranker-mlp", "ranker-mlp-int8", "embeddings", "catalog", "features"]) {
-      cpSync(join(ROOT, "models", name, "v1"), join(models, name, "v1"), { recursive: true });
-    }
+    const models = copyModels(dir);
     // Redis budgets a loaded machine meets: these servers are the stage, not what is tested.
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000" };
     servers.push(await startExperiment(common));
