@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../scripts/tools.js";
-import { OnnxModel } from "../services/kit/models.js";
+import { OnnxModel } from "../services/prediction/models.js";
 import { ratio, summarize, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.MODELS_BENCH_SECONDS ?? 3);

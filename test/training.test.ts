@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:f
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { OnnxModel } from "../services/kit/models.js";
+import { OnnxModel } from "../services/prediction/models.js";
 import { runCommand } from "../scripts/processes.js";
 import { ROOT } from "../scripts/tools.js";
 

@@ -2,12 +2,33 @@
 // the definitions instead of calling Assign on every request. It answers exactly as the
 // Assign RPC (same pure assign()), reloads on every change announced on pub/sub, and
 // checks the change counter periodically in case a notice was missed.
+//
+// The experiment service's library module: the one file of this folder another service
+// may import (test/structure.test.ts holds the list), with the config it reads.
 import { Counter, Gauge } from "prom-client";
+import { z } from "zod";
 import type { Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
 import { createLogger, registry, type Logger } from "../kit/index.js";
 import { assign, compile, type AssignContext, type AssignResult, type CompiledDefinitions, type HoldoutSettings } from "./assignment.js";
-import { closeRedis, createRedis, waitUntilReady, type RedisClient } from "../kit/redis.js";
+import { closeRedis, createRedis, redisConfigShape, waitUntilReady, type RedisClient } from "../kit/redis.js";
 import { CHANGES_CHANNEL, ExperimentStore, connectExperimentRedis } from "./store.js";
+
+/**
+ * What the in-process assigner needs. The prediction service spreads this shape into
+ * its own config, so it and the Assign RPC read the same variables and hold out the
+ * same users.
+ */
+export const assignerConfigShape = {
+  ...redisConfigShape,
+  /** Percent of all users held out of every experiment (the global holdout), 0..100 in steps of 0.01. */
+  HOLDOUT_PERCENT: z.coerce.number().min(0).max(100).default(0),
+  /** Salt of the holdout hash; changing it holds out other users. */
+  HOLDOUT_SALT: z.string().min(1).max(64).default("global"),
+  /** Safety-net reload of the definitions, besides the pub/sub notice on every change. */
+  EXPERIMENTS_REFRESH_MS: z.coerce.number().int().min(100).default(30_000),
+  /** Bound on every Redis command, so a stalled Redis becomes UNAVAILABLE, not a hang. */
+  REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(10).default(1_000),
+};
 
 export interface AssignerOptions {
   redisUrl: string;

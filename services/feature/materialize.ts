@@ -19,7 +19,7 @@ import { resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { parseCatalogLine, type CatalogItem } from "./catalog.js";
+import { parseCatalogLine, type CatalogItem } from "../kit/artifacts.js";
 import { checkJson } from "./codec.js";
 import { loadFeatureConfig } from "./config.js";
 import { checkpointKey } from "./keys.js";

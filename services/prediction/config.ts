@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { assignerConfigShape } from "../experiment/config.js";
+import { assignerConfigShape } from "../experiment/assigner.js";
 import { baseConfigShape, loadConfig } from "../kit/index.js";
 
 const address = z.string().regex(/^[^\s:]+:\d+$/, "expected host:port");

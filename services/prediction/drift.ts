@@ -1,6 +1,6 @@
 import { Gauge } from "prom-client";
 import { registry } from "../kit/index.js";
-import type { ModelReference } from "../kit/models.js";
+import type { ModelReference } from "./models.js";
 
 /*
  * Feature drift: how far the rows fed to the rankers have moved from the rows the

@@ -2,7 +2,7 @@ import type { Client } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import type { FeatureValue, RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import { FeatureStatus, type FeatureResult, type FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
-import { ModelLoadError } from "../kit/models.js";
+import { ModelLoadError } from "./models.js";
 import { localRequestFeatures } from "./context.js";
 import { itemFeatureLookups } from "./metrics.js";
 

@@ -1,6 +1,6 @@
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { Code, ConnectError, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
-import { ModelLoadError } from "../kit/models.js";
+import { ModelLoadError } from "./models.js";
 import type { PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
 import type { ModelStore } from "./model-store.js";

@@ -1,6 +1,6 @@
 import { Worker } from "node:worker_threads";
 import type { InferenceSession } from "onnxruntime-node";
-import { ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile, type ModelManifest, type ModelReference } from "../kit/models.js";
+import { ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile, type ModelManifest, type ModelReference } from "./models.js";
 
 export interface ScoredBatch {
   scores: Float32Array;

@@ -1,8 +1,8 @@
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../kit/index.js";
-import { ModelLoadError, modelVersions } from "../kit/models.js";
-import { readCatalog, readEmbeddings, type CatalogItem, type EmbeddingArtifacts } from "../retrieval/artifacts.js";
+import { ModelLoadError, modelVersions } from "./models.js";
+import { readCatalog, readEmbeddings, type CatalogItem, type EmbeddingArtifacts } from "../kit/artifacts.js";
 import { MicroBatcher } from "./batcher.js";
 import { FeatureDrift } from "./drift.js";
 import { assertComputable, type ModelFacts } from "./features.js";

@@ -7,7 +7,7 @@ import { Code, Deadline, activeTraceId, invalidArgument, statusError, type Logge
 import type { Admission } from "./admission.js";
 import type { ExposureRecorder } from "./exposures.js";
 import type { OnlineAccuracy } from "./online-accuracy.js";
-import type { VariantResolver } from "./assignment.js";
+import type { VariantResolver } from "./variant-resolver.js";
 import type { CacheKey, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
 import { checkTimeZone, contextBucket } from "./context.js";

@@ -1,4 +1,4 @@
-import type { EmbeddingArtifacts } from "../retrieval/artifacts.js";
+import type { EmbeddingArtifacts } from "../kit/artifacts.js";
 import type { CachedItem } from "./cache.js";
 import { buildRows, type FeatureBag, type ItemInput, type UserFeatures } from "./features.js";
 import type { ModelSet } from "./model-store.js";

@@ -5,7 +5,7 @@ import { FeatureService, file_recsys_feature_v1_feature } from "../../gen/recsys
 import { RetrievalService, file_recsys_retrieval_v1_retrieval } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { createLogger, createServiceClient, exitOnSignals, startServer, type Logger } from "../kit/index.js";
 import { Admission } from "./admission.js";
-import { VariantResolver } from "./assignment.js";
+import { VariantResolver } from "./variant-resolver.js";
 import { PredictionCache } from "./cache.js";
 import { loadPredictionConfig, type PredictionConfig } from "./config.js";
 import { FeatureReader } from "./features.js";

@@ -7,7 +7,7 @@ import {
   type SearchRequest,
 } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
-import type { EmbeddingTable } from "./artifacts.js";
+import type { EmbeddingTable } from "../kit/artifacts.js";
 import { fuseCandidates, interleave, toColumns, type SourceResult, type SourcedItem } from "./candidates.js";
 import type { RetrievalConfig } from "./config.js";
 import type { IndexStore } from "./index-store.js";

@@ -1,7 +1,7 @@
 import { ALL_CATEGORIES, rankedListKey, type RankedListKind } from "../kit/ranked-lists.js";
 import type { Logger } from "../kit/index.js";
 import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
-import type { CatalogItem } from "./artifacts.js";
+import type { CatalogItem } from "../kit/artifacts.js";
 import { popularFallbacks } from "./metrics.js";
 
 export type ListKind = RankedListKind;

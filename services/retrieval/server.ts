@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { createLogger, exitOnSignals, startServer, type RunningServer } from "../kit/index.js";
-import { embeddingsModifiedMs, readCatalog, readEmbeddings } from "./artifacts.js";
+import { embeddingsModifiedMs, readCatalog, readEmbeddings } from "../kit/artifacts.js";
 import { loadRetrievalConfig } from "./config.js";
 import { retrievalService, type RetrievalResources } from "./handlers.js";
 import { IndexStore } from "./index-store.js";

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ROOT } from "../../../scripts/tools.js";
 import { seededRandom } from "../../../test/support/random.js";
 import { registry } from "../../kit/index.js";
-import { readModelFile } from "../../kit/models.js";
+import { readModelFile } from "../models.js";
 import { CLOCK_FEATURES, FeatureDrift, PSI_EPSILON, binOf, psi, type MonitoredModel } from "../drift.js";
 
 /*

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { ROOT } from "../../../scripts/tools.js";
-import { ModelLoadError } from "../../kit/models.js";
+import { ModelLoadError } from "../models.js";
 import { WorkerModel } from "../inference.js";
 
 const samples = JSON.parse(readFileSync(join(ROOT, "models", "parity", "v1", "samples.json"), "utf8")) as { features: number[][]; scores: Record<string, number[]> };

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "../../../scripts/tools.js";
 import { seededRandom } from "../../../test/support/random.js";
 import { registry } from "../../kit/index.js";
-import { OnnxModel } from "../../kit/models.js";
+import { OnnxModel } from "../models.js";
 import { ATTRIBUTION_MS, OnlineAccuracy, auc, registerOfflineFigures } from "../online-accuracy.js";
 
 /*

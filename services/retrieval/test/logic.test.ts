@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { CandidateSource } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { createLogger } from "../../kit/index.js";
-import { readEmbeddings } from "../artifacts.js";
+import { readEmbeddings } from "../../kit/artifacts.js";
 import { fuseCandidates, interleave, RRF_K } from "../candidates.js";
 import { ItemIndex, normalize } from "../item-index.js";
 import { IndexFiles } from "../persistence.js";

@@ -1,8 +1,13 @@
+// The training pipeline's artifacts that more than one service reads: the embeddings
+// (retrieval indexes them, prediction ranks with them) and the item catalogue (the
+// feature service seeds the popular lists and item categories from it, retrieval and
+// prediction fall back to its static popularity). One reader each, one set of rules.
 import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { endianness } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
+import { ALL_CATEGORIES } from "./ranked-lists.js";
 
 /** The trained embeddings of one kind (items or users): ids and their vectors, row by row. */
 export interface EmbeddingTable {
@@ -25,6 +30,9 @@ export interface CatalogItem {
   popularity: number;
 }
 
+/** Categories become Redis key names and list names; ALL_CATEGORIES names the list of every item. */
+export const CATEGORY_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+
 export class ArtifactError extends Error {
   override name = "ArtifactError";
 }
@@ -34,12 +42,6 @@ const manifestSchema = z.looseObject({
   dim: z.number().int().min(1).max(4096),
   /** Hex sha256 of each binary, by file name ("items.f32"); checked when present. */
   sha256: z.record(z.string(), z.string()).optional(),
-});
-
-const catalogLineSchema = z.looseObject({
-  item_id: z.string().min(1),
-  category: z.string(),
-  popularity: z.number().finite().default(0),
 });
 
 const allFiles = ["manifest.json", "item_ids.txt", "users.f32", "user_ids.txt", "items.f32"];
@@ -108,7 +110,24 @@ export async function readEmbeddings(dir: string): Promise<EmbeddingArtifacts> {
   return { dir, dim, items, users };
 }
 
-/** Reads models/catalog/<version>/items.jsonl: one {"item_id","category","popularity",...} per line. */
+/** One catalogue line, {"item_id","category","popularity","created_at"}, or what is wrong with it. */
+export function parseCatalogLine(line: string): CatalogItem | { error: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch {
+    return { error: "not valid JSON" };
+  }
+  const { item_id, category, popularity } = (raw ?? {}) as Record<string, unknown>;
+  if (typeof item_id !== "string" || item_id.length === 0 || item_id.length > 128) return { error: "item_id: expected a string of 1-128 characters" };
+  if (typeof category !== "string" || !CATEGORY_PATTERN.test(category) || category === ALL_CATEGORIES) {
+    return { error: `category: expected ${CATEGORY_PATTERN} other than "${ALL_CATEGORIES}", got ${JSON.stringify(category)}` };
+  }
+  if (typeof popularity !== "number" || !Number.isFinite(popularity) || popularity < 0) return { error: "popularity: expected a number >= 0" };
+  return { itemId: item_id, category, popularity };
+}
+
+/** Reads a catalogue (models/catalog/<version>/items.jsonl): one item per line (parseCatalogLine); any bad line fails. */
 export async function readCatalog(path: string): Promise<CatalogItem[]> {
   const text = await readFile(path, "utf8").catch((err: Error) => {
     throw new ArtifactError(`${path}: ${err.message}`);
@@ -116,14 +135,9 @@ export async function readCatalog(path: string): Promise<CatalogItem[]> {
   const items: CatalogItem[] = [];
   text.split("\n").forEach((line, i) => {
     if (line.trim() === "") return;
-    let parsed;
-    try {
-      parsed = catalogLineSchema.safeParse(JSON.parse(line));
-    } catch (err) {
-      throw new ArtifactError(`${path}:${i + 1}: ${(err as Error).message}`);
-    }
-    if (!parsed.success) throw new ArtifactError(`${path}:${i + 1}: ${z.prettifyError(parsed.error)}`);
-    items.push({ itemId: parsed.data.item_id, category: parsed.data.category, popularity: parsed.data.popularity });
+    const item = parseCatalogLine(line);
+    if ("error" in item) throw new ArtifactError(`${path}:${i + 1}: ${item.error}`);
+    items.push(item);
   });
   return items;
 }
