@@ -14,11 +14,11 @@ import { FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
 import { PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
 import { RetrievalService } from "../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { ROOT } from "../scripts/tools.js";
-import { startEcho } from "../services/echo/server.js";
-import { startExperiment } from "../services/experiment/server.js";
+import { startEchoService } from "../services/echo/server.js";
+import { startExperimentService } from "../services/experiment/server.js";
 import { startFeatureService } from "../services/feature/server.js";
 import type { RunningServer } from "../services/kit/index.js";
-import { startPrediction } from "../services/prediction/server.js";
+import { startPredictionService } from "../services/prediction/server.js";
 import { startRetrievalService } from "../services/retrieval/server.js";
 import { RawGrpcClient, codeName, fuzzCases, methodPath, runPool, type FuzzOutcome } from "./support/fuzz-frames.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
@@ -46,13 +46,13 @@ describe("fuzzing every RPC of every service with malformed gRPC frames", () => 
     {
       name: "echo",
       service: EchoService,
-      start: () => startEcho({ GRPC_PORT: "0", LOG_LEVEL: "silent" }),
+      start: () => startEchoService({ GRPC_PORT: "0", LOG_LEVEL: "silent" }),
       valid: (address) => createClient(EchoService, transport(address)).echo({ message: "still here" }),
     },
     {
       name: "experiment",
       service: ExperimentService,
-      start: () => startExperiment({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url }),
+      start: () => startExperimentService({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url }),
       valid: (address) => createClient(ExperimentService, transport(address)).assign({ userId: "u000001" }),
     },
     {
@@ -81,7 +81,7 @@ describe("fuzzing every RPC of every service with malformed gRPC frames", () => 
     {
       name: "prediction",
       service: PredictionService,
-      start: () => startPrediction({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, MODELS_DIR: join(ROOT, "models"), MODELS_POLL_MS: "0" }),
+      start: () => startPredictionService({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, MODELS_DIR: join(ROOT, "models"), MODELS_POLL_MS: "0" }),
       valid: (address) => createClient(PredictionService, transport(address)).predict({ userId: "u000001", numPredictions: 5 }, { timeoutMs: 10_000 }),
     },
   ];

@@ -1,14 +1,14 @@
 import { pathToFileURL } from "node:url";
-import { createLogger, exitOnSignals, loadConfig, startServer } from "../kit/index.js";
+import { createLogger, exitOnSignals, startServer } from "../kit/index.js";
 import { createAssigner } from "./assigner.js";
-import { experimentConfigShape } from "./config.js";
+import { loadExperimentConfig } from "./config.js";
 import { experimentService } from "./handlers.js";
 import { closeRedis } from "../kit/redis.js";
 import { ExperimentStore, connectExperimentRedis } from "./store.js";
 
 /** Starts the experiment service; ready once Redis answered and the definitions are loaded. */
-export async function startExperiment(env: Record<string, string | undefined> = process.env) {
-  const config = loadConfig(experimentConfigShape, env);
+export async function startExperimentService(env: Record<string, string | undefined> = process.env) {
+  const config = loadExperimentConfig(env);
   const log = createLogger("experiment", config.LOG_LEVEL);
   const redis = await connectExperimentRedis(config, config.REDIS_COMMAND_TIMEOUT_MS, "experiment", log);
   const assigner = await createAssigner({
@@ -39,5 +39,5 @@ export async function startExperiment(env: Record<string, string | undefined> = 
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  exitOnSignals(await startExperiment());
+  exitOnSignals(await startExperimentService());
 }

@@ -203,12 +203,18 @@ function checkRows(request: WriteFeaturesRequest, now: number, maxFutureMs: numb
   });
 }
 
-/**
- * ingestRedis: where event batches are appended. With INGEST_REPLICA_ACKS its WAIT holds
- * the connection until a replica confirms (up to REDIS_COMMAND_TIMEOUT_MS), so it must not
- * be the connection reads and health checks use.
- */
-export function featureService(store: OnlineStore, config: FeatureConfig, ingestRedis: OnlineStore["redis"] = store.redis) {
+export interface FeatureDeps {
+  store: OnlineStore;
+  config: FeatureConfig;
+  /**
+   * Where event batches are appended (default: the store's connection). With INGEST_REPLICA_ACKS
+   * its WAIT holds the connection until a replica confirms (up to REDIS_COMMAND_TIMEOUT_MS),
+   * so it must not be the connection reads and health checks use.
+   */
+  ingestRedis?: OnlineStore["redis"];
+}
+
+export function featureService({ store, config, ingestRedis = store.redis }: FeatureDeps) {
   const maxFutureMs = config.MAX_EVENT_FUTURE_S * 1000;
 
   /** One atomic batch: every event checked, then appended all together (or rejected whole). */

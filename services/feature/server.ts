@@ -34,7 +34,7 @@ export async function startFeatureService(env: Record<string, string | undefined
     name: "feature",
     config,
     log,
-    services: [featureService(store, config, ingestRedis)],
+    services: [featureService({ store, config, ingestRedis })],
     onShutdown: async () => {
       stopped = true;
       clearInterval(checking);

@@ -132,7 +132,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
  * and is SERVING from then on: upstream outages degrade answers down the fallback
  * ladder, they do not make the service unready.
  */
-export async function startPrediction(env: Record<string, string | undefined> = process.env) {
+export async function startPredictionService(env: Record<string, string | undefined> = process.env) {
   const config = loadPredictionConfig(env);
   const log = createLogger("prediction", config.LOG_LEVEL).child({ version: config.SERVICE_VERSION });
   const { predictor, store, cache, close } = await createPredictor(config, log);
@@ -154,5 +154,5 @@ export async function startPrediction(env: Record<string, string | undefined> = 
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  exitOnSignals(await startPrediction());
+  exitOnSignals(await startPredictionService());
 }

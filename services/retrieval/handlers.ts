@@ -88,7 +88,13 @@ function listSources(lists: readonly RankedList[], index: ItemIndex, filter: Sea
   }));
 }
 
-export function retrievalService(config: RetrievalConfig, resources: () => RetrievalResources | undefined) {
+export interface RetrievalDeps {
+  config: RetrievalConfig;
+  /** The loaded index and lists; undefined while they are being built or loaded. */
+  resources: () => RetrievalResources | undefined;
+}
+
+export function retrievalService({ config, resources }: RetrievalDeps) {
   const ready = (): RetrievalResources => {
     const loaded = resources();
     if (!loaded) throw statusError(Code.Unavailable, "INDEX_NOT_READY", "the index is still being built or loaded; retry shortly");

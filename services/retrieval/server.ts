@@ -29,7 +29,7 @@ export async function startRetrievalService(env: Record<string, string | undefin
     name: "retrieval",
     config,
     log,
-    services: [retrievalService(config, () => resources)],
+    services: [retrievalService({ config, resources: () => resources })],
     onShutdown: async () => {
       popular?.close();
       await store?.close();

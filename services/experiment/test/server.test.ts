@@ -6,7 +6,7 @@ import { startTestRedis, type TestRedisTarget } from "../../../test/support/redi
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { createAssigner, type Assigner } from "../assigner.js";
 import type { AssignmentResult } from "../assignment.js";
-import { startExperiment } from "../server.js";
+import { startExperimentService } from "../server.js";
 import { reference } from "./fixtures/scipy-reference.js";
 import { experimentInit, userIds, type ExperimentInit } from "./helpers.js";
 
@@ -45,7 +45,7 @@ describe("experiment service over gRPC with a real Redis", () => {
   beforeAll(async () => {
     redis = await startTestRedis();
     const env = { GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN, HOLDOUT_PERCENT: "3", EXPERIMENTS_REFRESH_MS: "60000" };
-    server = await startExperiment(env);
+    server = await startExperimentService(env);
     client = createServiceClient(ExperimentService, `127.0.0.1:${server.port}`);
     // The prediction service's view: its own connections and cache; the periodic refresh is
     // far away, so only the pub/sub notice can bring it changes during the test.

@@ -39,7 +39,7 @@ describe("service kit, real server on a free port", () => {
   let address: string;
 
   beforeAll(async () => {
-    server = await startServer({ name: "echo", config: config(), services: [echoService], reflectAlso: [file_recsys_feature_v1_feature] });
+    server = await startServer({ name: "echo", config: config(), services: [echoService()], reflectAlso: [file_recsys_feature_v1_feature] });
     address = `127.0.0.1:${server.port}`;
   });
   afterAll(() => server.shutdown());

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExperimentService } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
 import { freePort } from "../../../scripts/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
-import { startExperiment } from "../../experiment/server.js";
+import { startExperimentService } from "../../experiment/server.js";
 import { experimentInit } from "../../experiment/test/helpers.js";
 import { createLogger, createServiceClient, registry, type RunningServer } from "../../kit/index.js";
 import { ExposureRecorder, type ExposureRecorderOptions } from "../exposures.js";
@@ -27,7 +27,7 @@ describe("exposure recorder", () => {
 
   beforeAll(async () => {
     redis = await startTestRedis();
-    server = await startExperiment({ GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN });
+    server = await startExperimentService({ GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN });
     client = createServiceClient(ExperimentService, `127.0.0.1:${server.port}`);
     const admin = { headers: { authorization: `Bearer ${TOKEN}` } };
     for (const id of ["served", "refusals"]) await client.createExperiment({ experiment: experimentInit(id) }, admin);

@@ -11,7 +11,7 @@ import { startRedis, type TestRedis } from "../../../test/support/redis.js";
 import { startFeatureService } from "../../feature/server.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { startRetrievalService } from "../../retrieval/server.js";
-import { startPrediction } from "../server.js";
+import { startPredictionService } from "../server.js";
 import { copyModels, seedBatchFeatures } from "./feature-fixtures.js";
 
 /**
@@ -72,7 +72,7 @@ describe("ranking parity with the recorded pipeline", () => {
     servers.push(retrieval);
     await retrieval.ready;
     await seedBatchFeatures(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), models);
-    const prediction = await startPrediction({
+    const prediction = await startPredictionService({
       ...common,
       MODELS_DIR: models,
       MODELS_POLL_MS: "0",

@@ -9,9 +9,9 @@ import { ExperimentService, ExperimentStatus } from "../../../gen/recsys/experim
 import { PredictionService } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { copyModels } from "./feature-fixtures.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
-import { startExperiment } from "../../experiment/server.js";
+import { startExperimentService } from "../../experiment/server.js";
 import { createServiceClient, registry, type RunningServer } from "../../kit/index.js";
-import { startPrediction } from "../server.js";
+import { startPredictionService } from "../server.js";
 
 const TOKEN = "test-admin-token-predict-exposures";
 const admin = { headers: { authorization: `Bearer ${TOKEN}` } };
@@ -36,7 +36,7 @@ describe("Predict records an exposure for every answer that served an experiment
     dir = mkdtempSync(join(tmpdir(), "recsys-predict-exposures-"));
     copyModels(dir);
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000", ...redis.env };
-    experiment = await startExperiment(common);
+    experiment = await startExperimentService(common);
     // Running before prediction starts: the in-process assigner (or, until it has loaded, the Assign RPC) knows it from the first call.
     await createServiceClient(ExperimentService, `127.0.0.1:${experiment.port}`).createExperiment(
       {
@@ -54,7 +54,7 @@ describe("Predict records an exposure for every answer that served an experiment
       admin,
     );
     // No feature or retrieval service: answers come from a lower rung, which serves the variant all the same.
-    prediction = await startPrediction({
+    prediction = await startPredictionService({
       ...common,
       MODELS_DIR: join(dir, "models"),
       MODELS_POLL_MS: "0",

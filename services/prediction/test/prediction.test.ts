@@ -16,13 +16,13 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { freePort } from "../../../scripts/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
-import { startExperiment } from "../../experiment/server.js";
+import { startExperimentService } from "../../experiment/server.js";
 import { startFeatureService } from "../../feature/server.js";
 import { Code, ConnectError, createServiceClient, registry, type RunningServer } from "../../kit/index.js";
 import { startRetrievalService } from "../../retrieval/server.js";
 import { loadPredictionConfig } from "../config.js";
 import { precompute } from "../precompute.js";
-import { startPrediction } from "../server.js";
+import { startPredictionService } from "../server.js";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
 import { clickPopularItems, copyModels, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
 
@@ -71,7 +71,7 @@ describe("prediction service through real feature, retrieval and experiment serv
 
   const predict = (request: MessageInitShape<typeof PredictRequestSchema>, timeoutMs = GENEROUS_MS) => client.predict(request, { timeoutMs });
   const start = async (env: Record<string, string | undefined> = {}) => {
-    const server = await startPrediction({
+    const server = await startPredictionService({
       GRPC_PORT: "0",
       LOG_LEVEL: "silent",
       ADMIN_TOKEN: TOKEN,
@@ -100,7 +100,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     const models = copyModels(dir);
     // Redis budgets a loaded machine meets: these servers are the stage, not what is tested.
     const common = { GRPC_PORT: "0", LOG_LEVEL: "silent", ...redis.env, ADMIN_TOKEN: TOKEN, REDIS_COMMAND_TIMEOUT_MS: "5000" };
-    servers.push(await startExperiment(common));
+    servers.push(await startExperimentService(common));
     const feature = await startFeatureService({ ...common, CATALOG_PATH: join(models, "catalog", "v1", "items.jsonl"), POPULAR_PUBLISH_INTERVAL_MS: "1000" });
     servers.push(feature);
     const retrieval = await startRetrievalService({ ...common, REDIS_TIMEOUT_MS: "5000", MODELS_DIR: models, RETRIEVAL_DATA_DIR: join(dir, "retrieval") });
