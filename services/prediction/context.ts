@@ -2,6 +2,12 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Device, type RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import { invalidArgument } from "../kit/index.js";
 
+/** Who asks, in which context: what the upstream readers (features, candidates, variants) are given. */
+export interface UserRequest {
+  userId: string;
+  context: RequestContext | undefined;
+}
+
 /** Hours per cache bucket: answers computed at 09:10 serve until 11:59 (local time). */
 const HOURS_PER_BUCKET = 3;
 

@@ -3,7 +3,7 @@ import { LRUCache } from "lru-cache";
 import type { FeatureValue, RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import { FeatureStatus, type FeatureResult, type FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { ModelLoadError } from "./models.js";
-import { localRequestFeatures } from "./context.js";
+import { localRequestFeatures, type UserRequest } from "./context.js";
 import { itemFeatureLookups } from "./metrics.js";
 
 /** A feature value as plain data: numbers (int64 and bool too), strings, lists and maps. */
@@ -187,7 +187,7 @@ export class FeatureReader {
   }
 
   /** User and request features, live. Throws when the feature service cannot answer within the budget. */
-  async user(userId: string, context: RequestContext | undefined, timeoutMs: number): Promise<UserFeatures> {
+  async user({ userId, context }: UserRequest, timeoutMs: number): Promise<UserFeatures> {
     if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
     const response = await this.client.getOnlineFeatures({ userIds: [userId], featureRefs: USER_FEATURE_REFS, context }, { timeoutMs });
     const entity = response.users[0];
@@ -205,7 +205,7 @@ export class FeatureReader {
   }
 
   /** The user's last live features with this request's context, else defaults: never fails. */
-  cachedUser(userId: string, context: RequestContext | undefined): UserFeatures {
+  cachedUser({ userId, context }: UserRequest): UserFeatures {
     const cached = this.users.get(userId);
     const request = localRequestFeatures(context);
     if (cached) return { ...cached, request, source: "cached" };

@@ -20,14 +20,14 @@ export function predictionService({ config, predictor, cache, store }: Predictio
   return implement(PredictionService, {
     async predict(request, ctx) {
       ctx.responseHeader.set(SERVICE_VERSION_HEADER, config.SERVICE_VERSION);
-      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), true);
+      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), "reject");
     },
 
     async predictBatch(request, ctx) {
       ctx.responseHeader.set(SERVICE_VERSION_HEADER, config.SERVICE_VERSION);
       // Every request is checked before any work starts, so a bad one costs nothing.
       const plans = request.requests.map((r, i) => predictor.plan(r, `requests[${i}].`));
-      return { responses: await Promise.all(plans.map((plan) => predictor.predict(plan, ctx.timeoutMs(), false))) };
+      return { responses: await Promise.all(plans.map((plan) => predictor.predict(plan, ctx.timeoutMs(), "degrade"))) };
     },
 
     async invalidateCache(request, ctx) {

@@ -1,14 +1,14 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { ConnectError, type Client } from "@connectrpc/connect";
+import { ConnectError } from "@connectrpc/connect";
 import { Priority, type RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import { CacheLevel, FallbackLevel, PredictRequestSchema, type PredictRequest, type PredictResponseSchema } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { CandidateSource, PopularKind, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, Deadline, activeTraceId, invalidArgument, statusError, type Logger } from "../kit/index.js";
 import type { Admission } from "./admission.js";
 import type { ExposureRecorder } from "./exposures.js";
 import type { OnlineAccuracy } from "./online-accuracy.js";
 import type { VariantResolver } from "./variant-resolver.js";
-import type { CacheKey, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
+import type { CacheHit, CacheKey, CacheLevelName, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
+import type { CandidateReader } from "./candidates.js";
 import type { PredictionConfig } from "./config.js";
 import { checkTimeZone, contextBucket } from "./context.js";
 import { preferredCategories, topCategories, type FeatureBag, type FeatureReader, type UserFeatures } from "./features.js";
@@ -33,6 +33,10 @@ export interface Plan {
   /** The field an unknown explicit variant is reported on. */
   variantField: string;
   bucket: string;
+  /** The prediction cache serves and stores this request: no bypass asked, no explicit candidates. */
+  usesCache: boolean;
+  /** Items to compute: a cached answer is computed CACHE_DEPTH deep, so longer requests after it find it whole. */
+  depth: number;
 }
 
 /** What a computation or a cache produced, before it is cut to each caller's size. */
@@ -82,23 +86,7 @@ class Budget {
 /** Kept back from the caller's deadline so the answer arrives before it. */
 const RESPONSE_RESERVE_MS = 5;
 
-const SOURCE_NAMES: Record<CandidateSource, string> = {
-  [CandidateSource.UNSPECIFIED]: "unknown",
-  [CandidateSource.ANN]: "ann",
-  [CandidateSource.EXACT]: "ann",
-  [CandidateSource.POPULAR]: "popular",
-  [CandidateSource.TRENDING]: "trending",
-  [CandidateSource.ITEM_TO_ITEM]: "item_to_item",
-};
-
-const SOURCES = Object.keys(SOURCE_NAMES).map(Number) as CandidateSource[];
-
-/** The names of the sources set in a CandidateColumns source mask. */
-function sourceNames(mask: number): string[] {
-  const names: string[] = [];
-  for (const source of SOURCES) if (mask & (1 << source) && !names.includes(SOURCE_NAMES[source])) names.push(SOURCE_NAMES[source]);
-  return names;
-}
+const CACHE_LEVELS: Record<CacheLevelName, CacheLevel> = { l1: CacheLevel.L1, l2: CacheLevel.L2 };
 
 const RUNG_NAMES: Record<FallbackLevel, string> = {
   [FallbackLevel.UNSPECIFIED]: "unspecified",
@@ -162,12 +150,42 @@ interface Gathered {
   itemFeatures?: Map<string, FeatureBag>;
 }
 
+/**
+ * One computation of a request, made once per Predict (and per background refresh or
+ * precompute): the validated request, the variant and models it is served with, its
+ * cache key, and its deadline with the stage timings.
+ */
+class PredictCall {
+  readonly key: CacheKey;
+
+  /** `set` is held (`use()`) by whoever makes the call until it is answered. */
+  constructor(
+    readonly plan: Plan,
+    readonly variant: Variant,
+    readonly set: ModelSet,
+    readonly budget: Budget,
+    readonly stages: Stages,
+  ) {
+    this.key = { userId: plan.userId, bucket: plan.bucket, variant: variant.key, models: set.key };
+  }
+
+  /** Identical requests in flight share one computation: this is what makes them identical. */
+  flightKey(): string {
+    const { key, plan } = this;
+    return JSON.stringify([key.userId, key.bucket, key.variant, key.models, plan.depth, plan.candidates, plan.bypassCache]);
+  }
+}
+
+/** What a LOW request shed by admission gets: RESOURCE_EXHAUSTED (Predict), or a cheap rung like any other (PredictBatch). */
+export type WhenShed = "reject" | "degrade";
+
 export interface PredictorDeps {
   config: PredictionConfig;
   store: ModelStore;
   cache: PredictionCache;
   features: FeatureReader;
-  retrieval: Client<typeof RetrievalService> | undefined;
+  /** The retrieval service: candidates, and popular lists when no local copy holds them. */
+  retrieval: CandidateReader;
   /** The popular lists, held locally so the popular rung answers while retrieval is down. */
   popular: PopularCopy;
   variants: VariantResolver;
@@ -198,24 +216,26 @@ export class Predictor {
   plan(request: PredictRequest, field = ""): Plan {
     if (request.userId.trim() === "") throw invalidArgument(`${field}user_id`, "must not be blank");
     checkTimeZone(request.context?.timeZone ?? "", `${field}context.time_zone`);
+    const candidates = [...new Set(request.candidateItemIds)];
+    const num = request.numPredictions ?? 10;
+    const usesCache = !request.bypassCache && candidates.length === 0;
     return {
       userId: request.userId,
       context: request.context,
-      candidates: [...new Set(request.candidateItemIds)],
-      num: request.numPredictions ?? 10,
+      candidates,
+      num,
       priority: request.priority,
       bypassCache: request.bypassCache,
       explicit: parseExplicitVariant(request.modelVariant, `${field}model_variant`),
       variantField: `${field}model_variant`,
       bucket: contextBucket(request.context),
+      usesCache,
+      depth: usesCache ? Math.max(num, this.deps.config.CACHE_DEPTH) : num,
     };
   }
 
-  /**
-   * One answer. `shedAsError`: a LOW request shed by admission fails with
-   * RESOURCE_EXHAUSTED (Predict) instead of taking a cheap rung (PredictBatch).
-   */
-  async predict(plan: Plan, timeoutMs: number | undefined, shedAsError: boolean): Promise<PredictAnswer> {
+  /** One answer. */
+  async predict(plan: Plan, timeoutMs: number | undefined, whenShed: WhenShed): Promise<PredictAnswer> {
     const started = performance.now();
     const budget = new Budget(Math.max(0, (timeoutMs ?? this.deps.config.DEFAULT_DEADLINE_MS) - RESPONSE_RESERVE_MS));
     const stages = new Stages(this.version);
@@ -224,17 +244,16 @@ export class Predictor {
     const set = this.deps.store.forVersion(variant.modelVersion);
     const release = set.use();
     try {
-      const key: CacheKey = { userId: plan.userId, bucket: plan.bucket, variant: variant.key, models: set.key };
-      const cacheable = !plan.bypassCache && plan.candidates.length === 0;
+      const call = new PredictCall(plan, variant, set, budget, stages);
       let outcome: Outcome | undefined;
-      if (cacheable) {
-        const hit = await stages.time("cache", () => this.deps.cache.get(key));
+      if (plan.usesCache) {
+        const hit = await stages.time("cache", () => this.deps.cache.get(call.key));
         if (hit && (hit.entry.complete || hit.entry.items.length >= plan.num)) {
-          if (hit.stale) this.refreshInBackground(plan, variant, set, key);
-          outcome = fromCache(hit.entry, FallbackLevel.PRIMARY, hit.level === "l1" ? CacheLevel.L1 : CacheLevel.L2, hit.stale, "");
+          if (hit.stale) this.refreshInBackground(call);
+          outcome = fromCache(hit, FallbackLevel.PRIMARY, hit.stale, "");
         }
       }
-      outcome ??= await this.computeFor(plan, variant, set, key, budget, stages, shedAsError);
+      outcome ??= await this.computeFor(call, whenShed);
       const reason = [resolved.degraded, outcome.reason].filter(Boolean).join("; ");
       predictions.inc({ version: this.version, rung: RUNG_NAMES[outcome.rung], cache: CacheLevel[outcome.cacheLevel].toLowerCase() });
       const served = outcome.items.slice(0, plan.num);
@@ -281,44 +300,35 @@ export class Predictor {
     const set = this.deps.store.forVersion(variant.modelVersion);
     const release = set.use();
     try {
-      const key: CacheKey = { userId, bucket: plan.bucket, variant: variant.key, models: set.key };
-      const outcome = await this.ladder(plan, variant, set, key, this.depth(plan), budget, new Stages(this.version), "precompute");
+      const outcome = await this.ladder(new PredictCall(plan, variant, set, budget, new Stages(this.version)), "precompute");
       return outcome.rung;
     } finally {
       release();
     }
   }
 
-  private depth(plan: Plan): number {
-    const cacheable = !plan.bypassCache && plan.candidates.length === 0;
-    return cacheable ? Math.max(plan.num, this.deps.config.CACHE_DEPTH) : plan.num;
-  }
-
-  private flightKey(plan: Plan, key: CacheKey): string {
-    return JSON.stringify([key.userId, key.bucket, key.variant, key.models, this.depth(plan), plan.candidates, plan.bypassCache]);
-  }
-
   /** Joins an identical computation in flight, or starts one if admission lets it. */
-  private async computeFor(plan: Plan, variant: Variant, set: ModelSet, key: CacheKey, budget: Budget, stages: Stages, shedAsError: boolean): Promise<Outcome> {
-    const flightKey = this.flightKey(plan, key);
+  private async computeFor(call: PredictCall, whenShed: WhenShed): Promise<Outcome> {
+    const { plan } = call;
+    const flightKey = call.flightKey();
     let shared = this.inflight.get(flightKey);
     if (!shared) {
       const ticket = await this.deps.admission.acquire(plan.priority);
       if (!ticket.admitted) {
         const priority = Priority[plan.priority === Priority.UNSPECIFIED ? Priority.NORMAL : plan.priority].toLowerCase();
-        if (shedAsError && plan.priority === Priority.LOW) {
+        if (whenShed === "reject" && plan.priority === Priority.LOW) {
           shed.inc({ version: this.version, priority, action: "rejected" });
           throw statusError(Code.ResourceExhausted, "OVERLOADED", "overloaded: low-priority predictions are shed; retry later");
         }
         shed.inc({ version: this.version, priority, action: "degraded" });
-        return this.cheapAnswer(plan, key, set, variant, "overloaded: shed by admission");
+        return this.cheapAnswer(call, "overloaded: shed by admission");
       }
-      stages.record("queue", ticket.waitedMs);
+      call.stages.record("queue", ticket.waitedMs);
       shared = this.inflight.get(flightKey);
       if (shared) {
         ticket.release();
       } else {
-        const computation = this.ladder(plan, variant, set, key, this.depth(plan), budget, stages, "request").finally(() => {
+        const computation = this.ladder(call, "request").finally(() => {
           this.inflight.delete(flightKey);
           ticket.release();
         });
@@ -328,20 +338,20 @@ export class Predictor {
     }
     coalesced.inc({ version: this.version });
     // A joiner keeps its own deadline: if the shared work outlasts it, a cheap rung answers.
-    return within(shared, budget.remainingMs(), "shared computation").catch(() => this.cheapAnswer(plan, key, set, variant, "deadline: joined computation too slow"));
+    return within(shared, call.budget.remainingMs(), "shared computation").catch(() => this.cheapAnswer(call, "deadline: joined computation too slow"));
   }
 
-  /** Stale-while-revalidate: recomputes a stale entry off the request path, as LOW priority work. */
-  private refreshInBackground(plan: Plan, variant: Variant, set: ModelSet, key: CacheKey): void {
-    const flightKey = this.flightKey(plan, key);
+  /** Stale-while-revalidate: recomputes a stale entry off the request path, as LOW priority work with a deadline of its own. */
+  private refreshInBackground(call: PredictCall): void {
+    const flightKey = call.flightKey();
     if (this.inflight.has(flightKey)) return;
-    const release = set.use();
+    const release = call.set.use();
     const refresh = async () => {
       const ticket = await this.deps.admission.acquire(Priority.LOW);
       if (!ticket.admitted) return;
       if (this.inflight.has(flightKey)) return ticket.release();
-      const budget = new Budget(this.deps.config.DEFAULT_DEADLINE_MS);
-      const computation = this.ladder(plan, variant, set, key, this.depth(plan), budget, new Stages(this.version), "refresh").finally(() => {
+      const again = new PredictCall(call.plan, call.variant, call.set, new Budget(this.deps.config.DEFAULT_DEADLINE_MS), new Stages(this.version));
+      const computation = this.ladder(again, "refresh").finally(() => {
         this.inflight.delete(flightKey);
         ticket.release();
       });
@@ -354,14 +364,13 @@ export class Predictor {
   }
 
   /** Cached (any context or variant of the user), else the local popular lists, else static defaults: no upstream call, no model run. */
-  private async cheapAnswer(plan: Plan, key: CacheKey, set: ModelSet, variant: Variant, reason: string): Promise<Outcome> {
-    if (!plan.bypassCache && plan.candidates.length === 0) {
-      const hit = await this.deps.cache.anyForUser(key);
-      if (hit) return this.fellBack(fromCache(hit.entry, FallbackLevel.CACHED, hit.level === "l1" ? CacheLevel.L1 : CacheLevel.L2, true, reason), "overloaded");
+  private async cheapAnswer(call: PredictCall, reason: string): Promise<Outcome> {
+    if (call.plan.usesCache) {
+      const hit = await this.deps.cache.anyForUser(call.key);
+      if (hit) return this.fellBack(fromCache(hit, FallbackLevel.CACHED, true, reason), "overloaded");
     }
-    const user = this.deps.features.cachedUser(plan.userId, plan.context);
-    const popular = this.localPopular(user, set, variant, this.depth(plan));
-    return this.fellBack(popular ? { ...popular, reason } : staticAnswer(set, variant, this.depth(plan), reason), "overloaded");
+    const popular = this.localPopular(call, this.deps.features.cachedUser(call.plan));
+    return this.fellBack(popular ? { ...popular, reason } : staticAnswer(call, reason), "overloaded");
   }
 
   private fellBack(outcome: Outcome, reason: string): Outcome {
@@ -370,15 +379,16 @@ export class Predictor {
   }
 
   /** The fallback ladder; never throws. */
-  private async ladder(plan: Plan, variant: Variant, set: ModelSet, key: CacheKey, depth: number, budget: Budget, stages: Stages, why: string): Promise<Outcome> {
+  private async ladder(call: PredictCall, why: string): Promise<Outcome> {
+    const { plan, variant, set, budget, stages } = call;
     computations.inc({ version: this.version, reason: why });
     const gathered: Gathered = {};
     const reasons: string[] = [];
     let label = "deadline_exceeded";
     if (budget.remainingMs() >= this.deps.config.PRIMARY_MIN_BUDGET_MS) {
       try {
-        const outcome = await this.primary(plan, variant, set, depth, budget, stages, gathered);
-        if (!plan.bypassCache && plan.candidates.length === 0) void this.deps.cache.set(key, toEntry(outcome, depth));
+        const outcome = await this.primary(call, gathered);
+        if (plan.usesCache) void this.deps.cache.set(call.key, toEntry(outcome, plan.depth));
         return outcome;
       } catch (err) {
         reasons.push(String((err as Error).message));
@@ -389,15 +399,12 @@ export class Predictor {
     }
     const reason = reasons.join("; ");
 
-    if (!plan.bypassCache && plan.candidates.length === 0) {
-      const hit = await stages.time("fallback_cache", () => this.deps.cache.anyForUser(key));
-      if (hit) {
-        const stale = hit.stale || hit.bucket !== plan.bucket;
-        return this.fellBack(fromCache(hit.entry, FallbackLevel.CACHED, hit.level === "l1" ? CacheLevel.L1 : CacheLevel.L2, stale, reason), label);
-      }
+    if (plan.usesCache) {
+      const hit = await stages.time("fallback_cache", () => this.deps.cache.anyForUser(call.key));
+      if (hit) return this.fellBack(fromCache(hit, FallbackLevel.CACHED, hit.stale || hit.bucket !== plan.bucket, reason), label);
     }
 
-    const user = gathered.user ?? this.deps.features.cachedUser(plan.userId, plan.context);
+    const user = gathered.user ?? this.deps.features.cachedUser(plan);
     if (gathered.candidates && gathered.candidates.length > 0) {
       const budgetMs = budget.for("simplified");
       try {
@@ -408,8 +415,8 @@ export class Predictor {
         const ranker = cheapestRanker(set);
         return this.fellBack(
           {
-            ...base(variant, CacheLevel.MISS),
-            items: toRankedItems(candidates, scores, depth, variant.maxPerCategory, topCategories(user, 3)),
+            ...base(variant),
+            items: toRankedItems(candidates, scores, plan.depth, variant.maxPerCategory, topCategories(user, 3)),
             rung: FallbackLevel.SIMPLIFIED,
             reason: `${reason}; ranked by ${ranker} alone over ${user.source} features`,
             modelVersions: { [ranker]: set.versions[ranker]! },
@@ -422,19 +429,20 @@ export class Predictor {
       }
     }
 
-    const popular = await this.popular(plan, user, set, variant, depth, budget, stages).catch((err: unknown) => {
+    const popular = await this.popular(call, user).catch((err: unknown) => {
       reasons.push(describe("popular", err));
       return undefined;
     });
     if (popular) return this.fellBack({ ...popular, reason: reasons.join("; ") }, label);
-    return this.fellBack(staticAnswer(set, variant, depth, reasons.join("; ")), label);
+    return this.fellBack(staticAnswer(call, reasons.join("; ")), label);
   }
 
-  private async primary(plan: Plan, variant: Variant, set: ModelSet, depth: number, budget: Budget, stages: Stages, gathered: Gathered): Promise<Outcome> {
+  private async primary(call: PredictCall, gathered: Gathered): Promise<Outcome> {
+    const { plan, variant, set, budget, stages } = call;
     const fetchBudget = budget.for("fetch");
     const [user, candidates] = await Promise.allSettled([
-      stages.time("features", () => this.deps.features.user(plan.userId, plan.context, fetchBudget)).then((u) => (gathered.user = u)),
-      stages.time("candidates", () => this.candidates(plan, set, depth, fetchBudget)).then((c) => (gathered.candidates = c)),
+      stages.time("features", () => this.deps.features.user(plan, fetchBudget)).then((u) => (gathered.user = u)),
+      stages.time("candidates", () => this.candidates(call, fetchBudget)).then((c) => (gathered.candidates = c)),
     ]);
     if (candidates.status === "rejected") throw stageError("candidates", candidates.reason);
     if (user.status === "rejected") throw stageError("features", user.reason);
@@ -457,28 +465,19 @@ export class Predictor {
       members.map((name) => (name === EMBEDDING ? ["embeddings", set.versions.embeddings!] : [name, set.versions[name]])).filter(([, v]) => v),
     );
     return {
-      ...base(variant, CacheLevel.MISS),
-      items: toRankedItems(candidates.value, scores, depth, variant.maxPerCategory, topCategories(user.value, 3)),
+      ...base(variant),
+      items: toRankedItems(candidates.value, scores, plan.depth, variant.maxPerCategory, topCategories(user.value, 3)),
       modelVersions,
       featureAgeSeconds: user.value.ageSeconds,
     };
   }
 
   /** Explicit candidates (categories from the catalogue), or retrieval's merged candidates. */
-  private async candidates(plan: Plan, set: ModelSet, depth: number, timeoutMs: number): Promise<RankCandidate[]> {
+  private async candidates({ plan, set }: PredictCall, timeoutMs: number): Promise<RankCandidate[]> {
     if (plan.candidates.length > 0) {
       return plan.candidates.map((itemId) => ({ itemId, category: set.catalog.byId.get(itemId)?.category ?? "", sources: ["requested"] }));
     }
-    if (!this.deps.retrieval) throw new Error("no retrieval service configured (RETRIEVAL_ADDR)");
-    const k = Math.min(1000, Math.max(this.deps.config.CANDIDATES_K, depth));
-    const response = await this.deps.retrieval.getCandidates({ userId: plan.userId, k, context: plan.context, columnar: true }, { timeoutMs });
-    const columns = response.columns;
-    if (!columns) return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
-    return columns.itemIds.map((itemId, i) => ({
-      itemId,
-      category: columns.categoryNames[columns.categoryIndex[i] ?? -1] ?? "",
-      sources: sourceNames(columns.sourceMasks[i] ?? 0),
-    }));
+    return this.deps.retrieval.forUser(plan, plan.depth, timeoutMs);
   }
 
   /**
@@ -486,28 +485,27 @@ export class Predictor {
    * copy of the lists (no upstream call), else from retrieval when the copy holds
    * none; static items fill a short list.
    */
-  private async popular(plan: Plan, user: UserFeatures, set: ModelSet, variant: Variant, depth: number, budget: Budget, stages: Stages): Promise<Outcome> {
-    const local = await stages.time("popular", async () => this.localPopular(user, set, variant, depth));
+  private async popular(call: PredictCall, user: UserFeatures): Promise<Outcome> {
+    const local = await call.stages.time("popular", async () => this.localPopular(call, user));
     if (local) return local;
-    if (!this.deps.retrieval) throw new Error("no popular lists held and no retrieval service configured (RETRIEVAL_ADDR)");
-    const budgetMs = budget.for("popular");
+    if (!this.deps.retrieval.configured) throw new Error("no popular lists held and no retrieval service configured (RETRIEVAL_ADDR)");
+    const budgetMs = call.budget.for("popular");
     if (budgetMs <= 0) throw new StageTimeout("no budget left");
     const category = topCategories(user, 1)[0] ?? "";
-    const response = await stages.time("popular_retrieval", () =>
-      this.deps.retrieval!.getPopular({ category, k: Math.min(1000, depth), kind: PopularKind.POPULAR }, { timeoutMs: budgetMs }),
-    );
-    const items: CachedItem[] = response.candidates.map((c) => ({
+    const popular = await call.stages.time("popular_retrieval", () => this.deps.retrieval.popular(category, call.plan.depth, budgetMs));
+    const items: CachedItem[] = popular.map((c) => ({
       itemId: c.itemId,
       category: c.category,
       score: c.score,
       explanation: category ? `popular in ${category}, your favourite category` : `popular in ${c.category}`,
     }));
-    return popularOutcome(items, user, set, variant, depth);
+    return popularOutcome(call, items, user);
   }
 
   /** The popular rung from the local copy of the lists; undefined when it holds nothing for this user. */
-  private localPopular(user: UserFeatures, set: ModelSet, variant: Variant, depth: number): Outcome | undefined {
-    const picks = pickPopular(this.deps.popular, preferredCategories(user, 3), depth, (itemId) => set.catalog.byId.get(itemId)?.category);
+  private localPopular(call: PredictCall, user: UserFeatures): Outcome | undefined {
+    const { catalog } = call.set;
+    const picks = pickPopular(this.deps.popular, preferredCategories(user, 3), call.plan.depth, (itemId) => catalog.byId.get(itemId)?.category);
     if (picks.length === 0) return undefined;
     const items: CachedItem[] = picks.map((pick) => ({
       itemId: pick.itemId,
@@ -515,41 +513,44 @@ export class Predictor {
       score: pick.score,
       explanation: pick.preferred ? `popular in ${pick.category}, one of your favourite categories` : `popular in ${pick.category}`,
     }));
-    return popularOutcome(items, user, set, variant, depth);
+    return popularOutcome(call, items, user);
   }
 }
 
 /** A popular answer, topped up with static defaults when the list is short. */
-function popularOutcome(items: CachedItem[], user: UserFeatures, set: ModelSet, variant: Variant, depth: number): Outcome {
+function popularOutcome(call: PredictCall, items: CachedItem[], user: UserFeatures): Outcome {
+  const depth = call.plan.depth;
   const seen = new Set(items.map((i) => i.itemId));
-  for (const item of staticAnswer(set, variant, depth, "").items) {
+  for (const item of staticAnswer(call, "").items) {
     if (items.length >= depth) break;
     if (!seen.has(item.itemId)) items.push(item);
   }
-  return { ...base(variant, CacheLevel.MISS), items, rung: FallbackLevel.POPULAR, modelVersions: {}, featureAgeSeconds: user.ageSeconds };
+  return { ...base(call.variant), items, rung: FallbackLevel.POPULAR, modelVersions: {}, featureAgeSeconds: user.ageSeconds };
 }
 
 function stageError(stage: string, err: unknown): Error {
   return new Error(describe(stage, err), { cause: err });
 }
 
-function base(variant: Variant, cacheLevel: CacheLevel) {
+/** What every computed (not cached) outcome starts from. */
+function base(variant: Variant) {
   return {
     rung: FallbackLevel.PRIMARY,
     reason: "",
-    cacheLevel,
+    cacheLevel: CacheLevel.MISS,
     stale: false,
     experimentId: variant.experimentId,
     variant: variant.name,
   };
 }
 
-function fromCache(entry: CachedPrediction, rung: FallbackLevel, cacheLevel: CacheLevel, stale: boolean, reason: string): Outcome {
+function fromCache(hit: CacheHit, rung: FallbackLevel, stale: boolean, reason: string): Outcome {
+  const { entry } = hit;
   return {
     items: entry.items,
     rung,
     reason,
-    cacheLevel,
+    cacheLevel: CACHE_LEVELS[hit.level],
     stale,
     modelVersions: entry.modelVersions,
     experimentId: entry.experimentId,
@@ -571,13 +572,13 @@ function toEntry(outcome: Outcome, depth: number): CachedPrediction {
 }
 
 /** The catalogue's most popular items, diversified: needs nothing but the files loaded at start. */
-function staticAnswer(set: ModelSet, variant: Variant, depth: number, reason: string): Outcome {
+function staticAnswer({ plan, variant, set }: PredictCall, reason: string): Outcome {
   const scored = set.catalog.popular.map((item) => ({ ...item, score: item.popularity }));
-  const items = diversify(scored, depth, variant.maxPerCategory).map((item) => ({
+  const items = diversify(scored, plan.depth, variant.maxPerCategory).map((item) => ({
     itemId: item.itemId,
     category: item.category,
     score: item.score,
     explanation: `popular in ${item.category}`,
   }));
-  return { ...base(variant, CacheLevel.MISS), items, rung: FallbackLevel.STATIC, reason, modelVersions: { catalog: set.catalog.version }, featureAgeSeconds: 0 };
+  return { ...base(variant), items, rung: FallbackLevel.STATIC, reason, modelVersions: { catalog: set.catalog.version }, featureAgeSeconds: 0 };
 }

@@ -1,0 +1,68 @@
+import type { Client } from "@connectrpc/connect";
+import { CandidateSource, PopularKind, type Candidate, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import type { UserRequest } from "./context.js";
+import type { RankCandidate } from "./ranking.js";
+
+export interface CandidateReaderOptions {
+  /** Candidates asked for per request, unless the answer needs more (at most 1000). */
+  k: number;
+}
+
+/** The most retrieval returns in one call (GetCandidates' and GetPopular's k). */
+const MAX_K = 1000;
+
+const SOURCE_NAMES: Record<CandidateSource, string> = {
+  [CandidateSource.UNSPECIFIED]: "unknown",
+  [CandidateSource.ANN]: "ann",
+  [CandidateSource.EXACT]: "ann",
+  [CandidateSource.POPULAR]: "popular",
+  [CandidateSource.TRENDING]: "trending",
+  [CandidateSource.ITEM_TO_ITEM]: "item_to_item",
+};
+
+const SOURCES = Object.keys(SOURCE_NAMES).map(Number) as CandidateSource[];
+
+/** The names of the sources set in a CandidateColumns source mask. */
+function sourceNames(mask: number): string[] {
+  const names: string[] = [];
+  for (const source of SOURCES) if (mask & (1 << source) && !names.includes(SOURCE_NAMES[source])) names.push(SOURCE_NAMES[source]);
+  return names;
+}
+
+/** Reads the retrieval service: a user's merged candidates, and the popular lists when none are held locally. */
+export class CandidateReader {
+  constructor(
+    private readonly client: Client<typeof RetrievalService> | undefined,
+    private readonly options: CandidateReaderOptions,
+  ) {}
+
+  /** False without RETRIEVAL_ADDR: every read then throws. */
+  get configured(): boolean {
+    return this.client !== undefined;
+  }
+
+  /** Retrieval's merged candidates for the user, `atLeast` of them when that is more than k. Throws when retrieval cannot answer. */
+  async forUser(request: UserRequest, atLeast: number, timeoutMs: number): Promise<RankCandidate[]> {
+    const client = this.need();
+    const k = Math.min(MAX_K, Math.max(this.options.k, atLeast));
+    const response = await client.getCandidates({ userId: request.userId, k, context: request.context, columnar: true }, { timeoutMs });
+    const columns = response.columns;
+    if (!columns) return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
+    return columns.itemIds.map((itemId, i) => ({
+      itemId,
+      category: columns.categoryNames[columns.categoryIndex[i] ?? -1] ?? "",
+      sources: sourceNames(columns.sourceMasks[i] ?? 0),
+    }));
+  }
+
+  /** The popular list of a category (all items when empty), best first. Throws when retrieval cannot answer. */
+  async popular(category: string, k: number, timeoutMs: number): Promise<Candidate[]> {
+    const response = await this.need().getPopular({ category, k: Math.min(MAX_K, k), kind: PopularKind.POPULAR }, { timeoutMs });
+    return response.candidates;
+  }
+
+  private need(): Client<typeof RetrievalService> {
+    if (!this.client) throw new Error("no retrieval service configured (RETRIEVAL_ADDR)");
+    return this.client;
+  }
+}
