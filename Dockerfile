@@ -28,7 +28,8 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN RECSYS_SKIP_SETUP=1 ONNXRUNTIME_NODE_INSTALL=skip npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
-COPY scripts/build.ts scripts/tools.ts ./scripts/
+COPY scripts/build.ts ./scripts/
+COPY scripts/lib/build.ts scripts/lib/tools.ts ./scripts/lib/
 COPY gen ./gen
 COPY services ./services
 RUN npx tsx scripts/build.ts --outdir /out

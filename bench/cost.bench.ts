@@ -12,10 +12,10 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { localListeners } from "../envoy/topology.js";
-import { startMesh, type Mesh } from "../scripts/mesh.js";
+import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
 import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
-import { loadGeneratorAuth } from "../scripts/token.js";
-import { ROOT } from "../scripts/tools.js";
+import { loadGeneratorAuth } from "../scripts/lib/token.js";
+import { ROOT } from "../scripts/lib/tools.js";
 
 const seconds = Number(process.env.COST_SECONDS ?? 10);
 const idleSeconds = Number(process.env.COST_IDLE_SECONDS ?? 3);

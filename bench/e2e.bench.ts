@@ -9,9 +9,9 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as vega from "vega";
 import { compile } from "vega-lite";
-import { startMesh, type Mesh } from "../scripts/mesh.js";
-import { loadGeneratorAuth } from "../scripts/token.js";
-import { ROOT } from "../scripts/tools.js";
+import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
+import { loadGeneratorAuth } from "../scripts/lib/token.js";
+import { ROOT } from "../scripts/lib/tools.js";
 import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.E2E_SECONDS ?? 6);

@@ -8,7 +8,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Device, Platform } from "../gen/recsys/common/v1/common_pb.js";
 import { ExperimentService, ExperimentStatus, type ExperimentSchema } from "../gen/recsys/experiment/v1/experiment_pb.js";
-import { freePort, startProcess } from "../scripts/processes.js";
+import { freePort, startProcess } from "../scripts/lib/processes.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { createAssigner } from "../services/experiment/assigner.js";
 import { startRedis } from "../test/support/redis.js";

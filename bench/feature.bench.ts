@@ -12,7 +12,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Redis } from "ioredis";
 import { EventType, FeatureValueSchema } from "../gen/recsys/common/v1/common_pb.js";
 import { EntityType, FeatureRowSchema, FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
-import { freePort, startProcess, type Started } from "../scripts/processes.js";
+import { freePort, startProcess, type Started } from "../scripts/lib/processes.js";
 import { startRedis } from "../test/support/redis.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { recentKey, rowKey, stateKey } from "../services/feature/keys.js";

@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
-import { ROOT, tool } from "../scripts/tools.js";
+import { ROOT, tool } from "../scripts/lib/tools.js";
 
 /** One measured scenario, as written to bench/results/latest.json. */
 export interface ScenarioResult {

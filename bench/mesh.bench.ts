@@ -1,7 +1,7 @@
 // The mesh's cost per hop: the echo service called directly, and through the edge
 // Envoy and its sidecar (two proxies), with the same load, in the same run.
-import { startMesh } from "../scripts/mesh.js";
-import { loadGeneratorAuth } from "../scripts/token.js";
+import { startMesh } from "../scripts/lib/mesh.js";
+import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ghz, ratio, type BenchSuite } from "./harness.js";
 
 const suite: BenchSuite = {

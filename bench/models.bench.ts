@@ -6,7 +6,7 @@
 // Knobs: MODELS_BENCH_SECONDS (per scenario, default 3), MODELS_BENCH_BATCHES (default 1,200,2000).
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT } from "../scripts/tools.js";
+import { ROOT } from "../scripts/lib/tools.js";
 import { OnnxModel } from "../services/prediction/models.js";
 import { ratio, summarize, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
 

@@ -6,7 +6,7 @@ import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { BenchSuite, Ratio, ScenarioResult } from "./harness.js";
-import { ROOT } from "../scripts/tools.js";
+import { ROOT } from "../scripts/lib/tools.js";
 
 interface SuiteResult {
   suite: string;

@@ -1,6 +1,6 @@
 // Server runtime: the same echo implementation served by the kit (grpc-js) and by
 // @connectrpc/connect-node (h2c), each in its own process, loaded by ghz in turn.
-import { freePort, startProcess } from "../scripts/processes.js";
+import { freePort, startProcess } from "../scripts/lib/processes.js";
 import { ghz, ratio, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const payloads = { trivial: "ping", predict_sized: "x".repeat(2048) };

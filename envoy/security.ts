@@ -1,5 +1,5 @@
 // Envoy building blocks for who may call what (issue 15), in Envoy v3 API shape like
-// scripts/render-envoy.ts: identity from verified JWTs at the edge, RBAC per access
+// envoy/render.ts: identity from verified JWTs at the edge, RBAC per access
 // class (envoy/access.ts), a global rate limit per tier and user (envoyproxy/ratelimit),
 // a CORS allow-list, and mTLS between every Envoy with certificates from files that
 // Envoy watches (SDS), so a rotated certificate is used without a restart.
@@ -33,7 +33,7 @@ export const clientIdentityHeaders = ["x-user-tier", ...Object.values(claimHeade
 export const roles = ["user", "service", "admin"] as const;
 export type Role = (typeof roles)[number];
 
-/** The rate limit service's domain and descriptor keys; scripts/ratelimit.ts renders its limits. */
+/** The rate limit service's domain and descriptor keys; scripts/lib/ratelimit.ts renders its limits. */
 export const rateLimitDomain = "recsys-edge";
 export const anonymousTier = "anonymous";
 export const descriptorKeys = { tier: "tier", user: "user", clientAddress: "remote_address" } as const;
@@ -43,7 +43,7 @@ export interface SdsFile {
   /** The secret's name inside the file. */
   name: string;
   path: string;
-  /** Watched for moves: scripts/pki.ts renames new files into it atomically. */
+  /** Watched for moves: scripts/lib/pki.ts renames new files into it atomically. */
   directory: string;
 }
 
@@ -294,7 +294,7 @@ export function globalRateLimitFilter(timeoutMs = 250): Obj {
 /** Headers a browser may send cross-origin: no identity header but the bearer token. */
 const corsAllowHeaders = "content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, x-user-agent, authorization, x-canary, traceparent, tracestate";
 
-/** The web console's origins (scripts/web.ts): the only ones the edge grants by default. */
+/** The web console's origins (scripts/lib/web.ts): the only ones the edge grants by default. */
 export const defaultAllowedOrigins = [`http://127.0.0.1:${localPorts.webConsole}`, `http://localhost:${localPorts.webConsole}`];
 
 /**

@@ -1,5 +1,5 @@
 // The one source of truth for the mesh: which services exist, which instances, who
-// calls whom, the ports, and the network policies. scripts/render-envoy.ts renders
+// calls whom, the ports, and the network policies. envoy/render.ts renders
 // every Envoy config (local and Kubernetes) from this file; scripts/start.ts and the
 // k8s manifests read the same ports. Edit here, then `npm run render`.
 
@@ -16,7 +16,7 @@ export interface CallPolicy {
   hedge: boolean;
   circuit: { maxConnections: number; maxPendingRequests: number; maxRequests: number; maxRetries: number };
   /**
-   * Outlier ejection (scripts/render-envoy.ts explains what counts as a failure):
+   * Outlier ejection (envoy/render.ts explains what counts as a failure):
    * consecutive UNAVAILABLE/DEADLINE_EXCEEDED answers or connection failures of one
    * host, never a client's bad input; at most maxEjectionPercent of the hosts.
    */
@@ -130,7 +130,7 @@ export const services: ServiceSpec[] = [
 /**
  * Rate limits per user tier at the edge, per user: the tier is the verified token's
  * `tier` claim (jwt_authn), never a header the client wrote. envoyproxy/ratelimit
- * counts them in fixed one-second windows (scripts/ratelimit.ts renders its config).
+ * counts them in fixed one-second windows (scripts/lib/ratelimit.ts renders its config).
  */
 export const tiers = [
   { tier: "free", rps: 50 },
@@ -190,7 +190,7 @@ export const localPorts: Ports & { rateLimitHttp: number; rateLimitDebug: number
   rateLimitGrpc: 18081,
   rateLimitHttp: 18080,
   rateLimitDebug: 16070,
-  /** The web console (scripts/web.ts): the one origin the edge's CORS policy grants. */
+  /** The web console (scripts/lib/web.ts): the one origin the edge's CORS policy grants. */
   webConsole: Number(process.env.WEB_PORT ?? 8088),
   app: (s, v) => 20100 + slot(s, v),
   appConnect: (s, v) => 20200 + slot(s, v),

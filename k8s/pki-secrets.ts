@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
 import { meshIdentities } from "../envoy/security.js";
-import { ensurePki, pkiLayout } from "../scripts/pki.js";
+import { ensurePki, pkiLayout } from "../scripts/lib/pki.js";
 import { NAMESPACE, pkiSecrets, type PkiSecret } from "./render.js";
 
 /** Secret manifests for the PKI in `dir` (which must exist: see ensurePki). */

@@ -1,5 +1,5 @@
 // Renders the kustomize base (k8s/base/) from envoy/topology.ts, the Envoy configs
-// scripts/render-envoy.ts renders from it, and k8s/workloads.ts. Overlays and
+// envoy/render.ts renders from it, and k8s/workloads.ts. Overlays and
 // components under k8s/ are written by hand on top of it.
 //   npx tsx k8s/render.ts          write k8s/base/
 //   npx tsx k8s/render.ts --check  exit 1 when a committed file is stale
@@ -9,10 +9,10 @@ import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
 import { edgeIdentity } from "../envoy/security.js";
 import { instances, podPorts, services, type ServiceSpec } from "../envoy/topology.js";
-import { pkiLayout } from "../scripts/pki.js";
-import { renderRateLimitConfig } from "../scripts/ratelimit.js";
-import { renderAll } from "../scripts/render-envoy.js";
-import { ROOT } from "../scripts/tools.js";
+import { pkiLayout } from "../scripts/lib/pki.js";
+import { renderRateLimitConfig } from "../scripts/lib/ratelimit.js";
+import { renderAll } from "../envoy/render.js";
+import { ROOT } from "../scripts/lib/tools.js";
 import { edge, jobs, rateLimit, sidecarResources, workloads, type BatchJob, type Resources, type Workload } from "./workloads.js";
 
 type Obj = Record<string, unknown>;
@@ -42,7 +42,7 @@ export const SECRETS = {
 };
 
 /**
- * Certificates, CA and JWKS in every pod at scripts/pki.ts's layout under this root
+ * Certificates, CA and JWKS in every pod at scripts/lib/pki.ts's layout under this root
  * (the rendered Envoy configs read them there), one Secret each, from
  * `npx tsx k8s/pki-secrets.ts` (k8s/README.md). Envoy watches each mounted directory,
  * so a Secret updated in place is picked up without a restart.
@@ -153,7 +153,7 @@ function secretEnv(name: string, secret: { name: string; key: string }): Obj {
   return { name, valueFrom: { secretKeyRef: { name: secret.name, key: secret.key } } };
 }
 
-/** Upstreams through this pod's own sidecar, as locally (scripts/mesh.ts). */
+/** Upstreams through this pod's own sidecar, as locally (scripts/lib/mesh.ts). */
 function upstreamEnv(spec: ServiceSpec, version: string, upstreams: string[]): Record<string, string> {
   return Object.fromEntries(upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${podPorts.egress(spec.name, version, u)}`]));
 }
@@ -371,7 +371,7 @@ const RATELIMIT_CONFIG_DIR = "/data/ratelimit/config";
 const rateLimitConfigFile = "ratelimit/recsys-edge.yaml";
 
 /**
- * envoyproxy/ratelimit behind every edge: limits from scripts/ratelimit.ts (a
+ * envoyproxy/ratelimit behind every edge: limits from scripts/lib/ratelimit.ts (a
  * ConfigMap), counters in the mesh's Redis. A headless Service, so each edge's
  * Envoy (STRICT_DNS) balances over the pods itself.
  */
@@ -480,7 +480,7 @@ function policy(name: string, podSelector: Obj, rules: { ingress?: Obj[]; egress
 
 const tcp = (...ports: number[]) => ports.map((port) => ({ protocol: "TCP", port }));
 const fromApps = (apps: string[]) => ({ podSelector: { matchExpressions: [{ key: "app", operator: "In", values: apps }] } });
-/** Zipkin in the monitoring namespace, where every Envoy (scripts/render-envoy.ts) and app sends spans. */
+/** Zipkin in the monitoring namespace, where every Envoy (envoy/render.ts) and app sends spans. */
 const ZIPKIN_PORT = 9411;
 const ZIPKIN_SPANS_URL = `http://zipkin.${MONITORING_NAMESPACE}.svc.cluster.local:${ZIPKIN_PORT}/api/v2/spans`;
 const fromMonitoring = { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": MONITORING_NAMESPACE } } };
@@ -504,7 +504,7 @@ function renderNetworkPolicies(): Obj[] {
     // Redis lives in the cluster (dev) or outside it (prod), so the port is the rule.
     policy("redis-client-egress", { matchLabels: { [REDIS_CLIENT_LABEL]: "true" } }, { egress: [{ ports: tcp(REDIS_PORT) }] }),
     policy("edge-ingress", { matchLabels: { app: "edge" } }, { ingress: [{ ports: tcp(podPorts.edge) }, { from: [fromMonitoring], ports: tcp(ENVOY_STATS_PORT) }] }),
-    // The edge routes every service's API (scripts/render-envoy.ts), and asks the rate limit service.
+    // The edge routes every service's API (envoy/render.ts), and asks the rate limit service.
     egressTo("edge", services.map((s) => s.name)),
     policy("edge-ratelimit-egress", { matchLabels: { app: "edge" } }, { egress: [{ to: [fromApps(["ratelimit"])], ports: tcp(podPorts.rateLimitGrpc) }] }),
     policy("ratelimit-ingress", { matchLabels: { app: "ratelimit" } }, { ingress: [{ from: [fromApps(["edge"])], ports: tcp(podPorts.rateLimitGrpc) }] }),

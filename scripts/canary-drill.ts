@@ -12,12 +12,12 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { formatReport, meshTarget, runCanary, type CanaryReport } from "./canary.js";
-import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "./canary-traffic.js";
-import { setRuntime } from "./envoy-admin.js";
-import { startMesh, waitEdgeHealthy } from "./mesh.js";
-import { loadGeneratorAuth } from "./token.js";
-import { ROOT } from "./tools.js";
+import { formatReport, meshTarget, runCanary, type CanaryReport } from "./lib/canary.js";
+import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "./lib/canary-traffic.js";
+import { setRuntime } from "./lib/envoy-admin.js";
+import { startMesh, waitEdgeHealthy } from "./lib/mesh.js";
+import { loadGeneratorAuth } from "./lib/token.js";
+import { ROOT } from "./lib/tools.js";
 
 const { values } = parseArgs({
   options: {

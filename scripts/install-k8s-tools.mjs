@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, copyFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
-import { bin, goBuild, onPath, run, say, stamp, stamped, tools, venv } from "./setup-lib.mjs";
+import { bin, goBuild, onPath, run, say, stamp, stamped, tools, venv } from "./lib/setup.mjs";
 
 export const K8S_PINS = {
   // v5.8.3 needs Go 1.27; v5.8.2 builds with Go 1.26.

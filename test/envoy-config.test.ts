@@ -6,10 +6,10 @@ import { parse } from "yaml";
 import { methodPath, accessTable } from "../envoy/access.js";
 import { defaultAllowedOrigins, edgeIdentity, rateLimitClusterName, sidecarPeers, spiffeId } from "../envoy/security.js";
 import { edgeProtection, instances, localPorts, podPorts, services } from "../envoy/topology.js";
-import { renderAll } from "../scripts/render-envoy.js";
-import { ensurePki } from "../scripts/pki.js";
-import { runCommand } from "../scripts/processes.js";
-import { ROOT, tool } from "../scripts/tools.js";
+import { renderAll } from "../envoy/render.js";
+import { ensurePki } from "../scripts/lib/pki.js";
+import { runCommand } from "../scripts/lib/processes.js";
+import { ROOT, tool } from "../scripts/lib/tools.js";
 import { writeWithPki } from "./support/rendered-pki.js";
 
 type Obj = Record<string, any>;

@@ -13,7 +13,7 @@ import { ExperimentService } from "../gen/recsys/experiment/v1/experiment_pb.js"
 import { FeatureService } from "../gen/recsys/feature/v1/feature_pb.js";
 import { PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
 import { RetrievalService } from "../gen/recsys/retrieval/v1/retrieval_pb.js";
-import { ROOT } from "../scripts/tools.js";
+import { ROOT } from "../scripts/lib/tools.js";
 import { startEchoService } from "../services/echo/server.js";
 import { startExperimentService } from "../services/experiment/server.js";
 import { startFeatureService } from "../services/feature/server.js";

@@ -11,10 +11,10 @@ import { instances, podPorts, services } from "../envoy/topology.js";
 import { renderPkiSecrets } from "../k8s/pki-secrets.js";
 import { ENVOY_IMAGE, ENVOY_STATS_PORT, MONITORING_NAMESPACE, NAMESPACE, PKI_ROOT, REDIS_CLIENT_LABEL, SECRETS, pkiSecrets, staleBaseFiles } from "../k8s/render.js";
 import { jobs } from "../k8s/workloads.js";
-import { ensurePki } from "../scripts/pki.js";
-import { renderRateLimitConfig } from "../scripts/ratelimit.js";
-import { runCommand } from "../scripts/processes.js";
-import { ROOT, TOOLS_BIN, tool } from "../scripts/tools.js";
+import { ensurePki } from "../scripts/lib/pki.js";
+import { renderRateLimitConfig } from "../scripts/lib/ratelimit.js";
+import { runCommand } from "../scripts/lib/processes.js";
+import { ROOT, TOOLS_BIN, tool } from "../scripts/lib/tools.js";
 import { baseConfigShape, loadConfig } from "../services/kit/index.js";
 import { experimentConfigShape } from "../services/experiment/config.js";
 import { featureConfigShape } from "../services/feature/config.js";
@@ -380,7 +380,7 @@ describe.each(overlays)("overlay %s", (overlay) => {
     expect(text).not.toMatch(/ADMIN_TOKEN/);
   });
 
-  it("runs the rate limit service on the limits scripts/ratelimit.ts renders, reading them where it looks", () => {
+  it("runs the rate limit service on the limits scripts/lib/ratelimit.ts renders, reading them where it looks", () => {
     const pod = named("Deployment", "ratelimit").spec!.template.spec;
     const container = pod.containers[0];
     const env = Object.fromEntries(container.env.map((e: Obj) => [e.name, e.value ?? e.valueFrom]));

@@ -34,11 +34,11 @@ import {
 } from "../envoy/security.js";
 import { service, services, tiers } from "../envoy/topology.js";
 import { baseConfigShape, implement, loadConfig, startServer, type RunningServer } from "../services/kit/index.js";
-import { stat, stats } from "../scripts/envoy-admin.js";
-import { ensurePki, type Pki } from "../scripts/pki.js";
-import { freePort } from "../scripts/processes.js";
-import { defaultEdgeRateLimits, renderRateLimitConfig, startRateLimitService, type EdgeRateLimits, type RateLimitService } from "../scripts/ratelimit.js";
-import { mintToken } from "../scripts/token.js";
+import { stat, stats } from "../scripts/lib/envoy-admin.js";
+import { ensurePki, type Pki } from "../scripts/lib/pki.js";
+import { freePort } from "../scripts/lib/processes.js";
+import { defaultEdgeRateLimits, renderRateLimitConfig, startRateLimitService, type EdgeRateLimits, type RateLimitService } from "../scripts/lib/ratelimit.js";
+import { mintToken } from "../scripts/lib/token.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { startEnvoy, validateEnvoyConfig, writeEnvoyConfig, type TestEnvoy } from "./support/envoy.js";
 

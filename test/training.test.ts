@@ -3,8 +3,8 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OnnxModel } from "../services/prediction/models.js";
-import { runCommand } from "../scripts/processes.js";
-import { ROOT } from "../scripts/tools.js";
+import { runCommand } from "../scripts/lib/processes.js";
+import { ROOT } from "../scripts/lib/tools.js";
 
 /*
  * Retrains the committed models and compares the result by what each artifact is

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROOT } from "../../scripts/tools.js";
+import { ROOT } from "../../scripts/lib/tools.js";
 import { startCanaryMesh, type CanaryMesh } from "../support/canary-mesh.js";
 
 let canary: CanaryMesh;

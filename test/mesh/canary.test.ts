@@ -4,8 +4,8 @@
 // calls from the first step on is rolled back at once, and the callers never see its
 // failures: the edge retries each one on v1 (the prediction-v2-first failover cluster).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { setRuntime, stat } from "../../scripts/envoy-admin.js";
-import { v2Healthy } from "../../scripts/canary.js";
+import { setRuntime, stat } from "../../scripts/lib/envoy-admin.js";
+import { v2Healthy } from "../../scripts/lib/canary.js";
 import { startCanaryMesh, type CanaryMesh } from "../support/canary-mesh.js";
 
 let canary: CanaryMesh;

@@ -5,10 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FallbackLevel } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { faults, levelName, oneRungBelow, runFault, waitWhole, type Fault, type FaultResult } from "../../scripts/chaos.js";
-import { stat } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { Supervised } from "../../scripts/processes.js";
+import { faults, levelName, oneRungBelow, runFault, waitWhole, type Fault, type FaultResult } from "../../scripts/lib/chaos.js";
+import { stat } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
+import { Supervised } from "../../scripts/lib/processes.js";
 import { predictAnswers } from "../support/predict-answers.js";
 
 describe("supervisor", () => {

@@ -9,10 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
-import { setRuntime, stat, stats } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { ROOT } from "../../scripts/tools.js";
-import { startWebConsole, type ConsoleStats, type WebConsole } from "../../scripts/web.js";
+import { setRuntime, stat, stats } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
+import { ROOT } from "../../scripts/lib/tools.js";
+import { startWebConsole, type ConsoleStats, type WebConsole } from "../../scripts/lib/web.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 import { predictAnswers } from "../support/predict-answers.js";
 

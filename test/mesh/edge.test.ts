@@ -21,12 +21,12 @@ import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.
 import { RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { defaultAllowedOrigins, edgeIdentity, type Role } from "../../envoy/security.js";
 import { edgeProtection, services } from "../../envoy/topology.js";
-import { stat, stats } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { pkiLayout } from "../../scripts/pki.js";
-import { runCommand } from "../../scripts/processes.js";
-import { localSigningKey, mintToken } from "../../scripts/token.js";
-import { tool } from "../../scripts/tools.js";
+import { stat, stats } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
+import { pkiLayout } from "../../scripts/lib/pki.js";
+import { runCommand } from "../../scripts/lib/processes.js";
+import { localSigningKey, mintToken } from "../../scripts/lib/token.js";
+import { tool } from "../../scripts/lib/tools.js";
 import { allServices, codeName, fuzzCases, RawGrpcClient, runPool } from "../support/fuzz-frames.js";
 import { bearer } from "../support/tokens.js";
 

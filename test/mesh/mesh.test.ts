@@ -11,10 +11,10 @@ import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
 import { FallbackLevel, PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { defaultAllowedOrigins } from "../../envoy/security.js";
 import { services } from "../../envoy/topology.js";
-import { setRuntime, stat, stats } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { runCommand } from "../../scripts/processes.js";
-import { tool } from "../../scripts/tools.js";
+import { setRuntime, stat, stats } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
+import { runCommand } from "../../scripts/lib/processes.js";
+import { tool } from "../../scripts/lib/tools.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 let mesh: Mesh;

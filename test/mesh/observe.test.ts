@@ -11,10 +11,10 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { localPorts } from "../../envoy/topology.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
-import { startObserve, type Observe } from "../../scripts/observe.js";
-import { ROOT } from "../../scripts/tools.js";
-import { startWebConsole, type ConsoleDashboard, type WebConsole } from "../../scripts/web.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
+import { startObserve, type Observe } from "../../scripts/lib/observe.js";
+import { ROOT } from "../../scripts/lib/tools.js";
+import { startWebConsole, type ConsoleDashboard, type WebConsole } from "../../scripts/lib/web.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const TRACE_SCREENSHOT = join(ROOT, "docs", "trace.png");

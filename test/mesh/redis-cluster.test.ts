@@ -7,8 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CacheLevel, FallbackLevel, PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { stats } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh } from "../../scripts/mesh.js";
+import { stats } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 let mesh: Mesh;

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { localListeners } from "../../envoy/topology.js";
-import { portTaken, startProcess } from "../../scripts/processes.js";
+import { portTaken, startProcess } from "../../scripts/lib/processes.js";
 
 // Its own logs and Redis files, apart from a running `npm start`'s .run/.
 const runDir = mkdtempSync(join(tmpdir(), "recsys-start-test-"));

@@ -1,12 +1,12 @@
 // The whole mesh for the canary tests, with cached Predict traffic as production sends
-// it (scripts/canary-traffic.ts) and the canary controller run against it.
+// it (scripts/lib/canary-traffic.ts) and the canary controller run against it.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { meshTarget, runCanary, type CanaryOptions, type CanaryReport } from "../../scripts/canary.js";
-import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "../../scripts/canary-traffic.js";
-import { setRuntime } from "../../scripts/envoy-admin.js";
-import { startMesh, type Mesh, type MeshOptions } from "../../scripts/mesh.js";
+import { meshTarget, runCanary, type CanaryOptions, type CanaryReport } from "../../scripts/lib/canary.js";
+import { startTraffic, tallySince, usersByActivity, type TrafficTally } from "../../scripts/lib/canary-traffic.js";
+import { setRuntime } from "../../scripts/lib/envoy-admin.js";
+import { startMesh, type Mesh, type MeshOptions } from "../../scripts/lib/mesh.js";
 import { edgeTokenMinter } from "./tokens.js";
 
 export interface CanaryMesh {

@@ -1,8 +1,8 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify } from "yaml";
-import { runCommand, startProcess, type Started } from "../../scripts/processes.js";
-import { tool } from "../../scripts/tools.js";
+import { runCommand, startProcess, type Started } from "../../scripts/lib/processes.js";
+import { tool } from "../../scripts/lib/tools.js";
 
 export interface TestEnvoy {
   /** http://127.0.0.1:<admin port> */

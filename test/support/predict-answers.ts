@@ -1,4 +1,4 @@
-import type { Mesh } from "../../scripts/mesh.js";
+import type { Mesh } from "../../scripts/lib/mesh.js";
 
 /** Predict answers one prediction version has given, whatever the protocol, from its /metrics. */
 export async function predictAnswers(mesh: Mesh, version: string): Promise<number> {

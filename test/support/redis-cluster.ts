@@ -8,7 +8,7 @@ import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Cluster, Redis } from "ioredis";
-import { startRedisCluster, waitClusterHealthy, type RunningCluster } from "../../scripts/redis-cluster.js";
+import { startRedisCluster, waitClusterHealthy, type RunningCluster } from "../../scripts/lib/redis-cluster.js";
 import type { RedisClient } from "../../services/kit/redis.js";
 import { startRedis, type TestRedis } from "./redis.js";
 

@@ -1,8 +1,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { tool } from "../../scripts/tools.js";
-import { freePort, startProcess, type Started } from "../../scripts/processes.js";
+import { tool } from "../../scripts/lib/tools.js";
+import { freePort, startProcess, type Started } from "../../scripts/lib/processes.js";
 
 export interface TestRedis {
   url: string;

@@ -5,7 +5,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { Role } from "../../envoy/security.js";
-import { localSigningKey, mintToken } from "../../scripts/token.js";
+import { localSigningKey, mintToken } from "../../scripts/lib/token.js";
 
 /** Sends the token as `authorization: Bearer <token>` on every call. */
 export const bearer =

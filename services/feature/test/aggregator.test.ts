@@ -9,7 +9,7 @@ import type { Client } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "../../../gen/recsys/common/v1/common_pb.js";
 import { FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
-import { startProcess, type Started } from "../../../scripts/processes.js";
+import { startProcess, type Started } from "../../../scripts/lib/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { GROUP } from "../aggregator.js";

@@ -3,8 +3,8 @@ import type { Client } from "@connectrpc/connect";
 import type { EventType, FeatureValue } from "../../../gen/recsys/common/v1/common_pb.js";
 import type { EventSchema, FeatureResult, FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { runCommand } from "../../../scripts/processes.js";
-import { tool } from "../../../scripts/tools.js";
+import { runCommand } from "../../../scripts/lib/processes.js";
+import { tool } from "../../../scripts/lib/tools.js";
 
 export type EventInit = MessageInitShape<typeof EventSchema>;
 

@@ -3,8 +3,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { jwkThumbprint } from "../../../scripts/pki.js";
-import { mintToken } from "../../../scripts/token.js";
+import { jwkThumbprint } from "../../../scripts/lib/pki.js";
+import { mintToken } from "../../../scripts/lib/token.js";
 import { Code, ConnectError, requireAdmin } from "../index.js";
 
 function keyPair() {

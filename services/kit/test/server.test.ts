@@ -8,8 +8,8 @@ import { file_recsys_feature_v1_feature } from "../../../gen/recsys/feature/v1/f
 import { BadRequestSchema, ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
 import { RawGrpcClient, frame } from "../../../test/support/fuzz-frames.js";
-import { tool } from "../../../scripts/tools.js";
-import { freePort, runCommand, startProcess } from "../../../scripts/processes.js";
+import { tool } from "../../../scripts/lib/tools.js";
+import { freePort, runCommand, startProcess } from "../../../scripts/lib/processes.js";
 import { baseConfigShape, createServiceClient, loadConfig, startServer, type RunningServer } from "../index.js";
 import { echoService } from "../../echo/handlers.js";
 

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { seededRandom } from "../../../test/support/random.js";
 import { registry } from "../../kit/index.js";
 import { readModelFile } from "../models.js";

@@ -2,7 +2,7 @@
 // records shows up in GetResults exactly once, what it cannot take it drops and counts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ExperimentService } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
-import { freePort } from "../../../scripts/processes.js";
+import { freePort } from "../../../scripts/lib/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { startExperimentService } from "../../experiment/server.js";
 import { experimentInit } from "../../experiment/test/helpers.js";

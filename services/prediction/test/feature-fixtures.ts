@@ -5,7 +5,7 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
 import { EventType } from "../../../gen/recsys/common/v1/common_pb.js";
 import { EntityType, type FeatureRow, type FeatureRowSchema, type FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { views, type BatchView } from "../../feature/registry.js";
 
 const MODELS = join(ROOT, "models");

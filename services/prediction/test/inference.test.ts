@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { ModelLoadError } from "../models.js";
 import { WorkerModel } from "../inference.js";
 

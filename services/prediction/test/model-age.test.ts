@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { registry } from "../../kit/index.js";
 import { readModelFile } from "../models.js";
 import { ModelAges, agedModels, manifestCutoffMs, type AgedSet } from "../model-age.js";

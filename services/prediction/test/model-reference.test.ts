@@ -2,7 +2,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { ModelLoadError, OnnxModel, readModelFile } from "../models.js";
 
 const MODELS = join(ROOT, "models");

@@ -6,7 +6,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Device } from "../../../gen/recsys/common/v1/common_pb.js";
 import { FallbackLevel, PredictionService } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
-import { ROOT } from "../../../scripts/tools.js";
+import { ROOT } from "../../../scripts/lib/tools.js";
 import { startRedis, type TestRedis } from "../../../test/support/redis.js";
 import { startFeatureService } from "../../feature/server.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";

@@ -14,7 +14,7 @@ import { CacheLevel, FallbackLevel, PredictionService, type PredictRequest } fro
 import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
-import { freePort } from "../../../scripts/processes.js";
+import { freePort } from "../../../scripts/lib/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { startExperimentService } from "../../experiment/server.js";
 import { startFeatureService } from "../../feature/server.js";

@@ -5,8 +5,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
-import { tiers } from "../envoy/topology.js";
-import { anonymousTier, descriptorKeys, rateLimitDomain } from "../envoy/security.js";
+import { tiers } from "../../envoy/topology.js";
+import { anonymousTier, descriptorKeys, rateLimitDomain } from "../../envoy/security.js";
 import { freePort, startProcess } from "./processes.js";
 import { TOOLS_BIN } from "./tools.js";
 

@@ -6,8 +6,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { join, relative } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { Health, HealthCheckResponse_ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { instances, localListeners, localPorts, localRedisPort, observePorts, type ServiceSpec } from "../envoy/topology.js";
+import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
+import { instances, localListeners, localPorts, localRedisPort, observePorts, type ServiceSpec } from "../../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
 import { compiledServices } from "./build.js";
 import { ensurePki } from "./pki.js";
@@ -241,7 +241,7 @@ export async function waitRedis(url: string, timeoutMs: number): Promise<void> {
 async function warmUp(mesh: Mesh): Promise<void> {
   const versions = mesh.instances.filter((i) => i.service === "prediction").map((i) => i.version);
   if (versions.length === 0) return;
-  const { PredictionService } = await import("../gen/recsys/prediction/v1/prediction_pb.js");
+  const { PredictionService } = await import("../../gen/recsys/prediction/v1/prediction_pb.js");
   const client = createClient(PredictionService, createGrpcTransport({ baseUrl: `http://${mesh.edge}` }));
   for (const version of versions) {
     for (let i = 0; i < 10; i++) {

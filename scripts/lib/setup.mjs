@@ -1,5 +1,5 @@
 // @ts-check
-// Helpers shared by the setup scripts (setup.mjs, install-k8s-tools.mjs): where the
+// Helpers shared by the setup commands (scripts/setup.mjs, install-k8s-tools.mjs): where the
 // tools go, running commands, stamp files that make a second run quiet, and building a
 // pinned Go tool from the module cache.
 import { spawnSync } from "node:child_process";
@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 // RECSYS_TOOLS_DIR moves the install (the setup tests install into a temporary one).
 export const tools = process.env.RECSYS_TOOLS_DIR ?? join(root, ".tools");
 export const bin = join(tools, "bin");

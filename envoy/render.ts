@@ -1,12 +1,12 @@
 // Renders every Envoy config from envoy/topology.ts: one sidecar per service
 // instance and the edge, for local runs (envoy/local/) and Kubernetes (envoy/k8s/).
-//   npx tsx scripts/render-envoy.ts          write the files
-//   npx tsx scripts/render-envoy.ts --check  exit 1 when a committed file is stale
+//   npx tsx envoy/render.ts          write the files
+//   npx tsx envoy/render.ts --check  exit 1 when a committed file is stale
 import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "../envoy/topology.js";
+import { instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "./topology.js";
 import {
   corsPolicy,
   downstreamTls,
@@ -19,9 +19,9 @@ import {
   sidecarPeers,
   sidecarRbacFilter,
   upstreamTls,
-} from "../envoy/security.js";
-import { pkiLayout, type Pki } from "./pki.js";
-import { ROOT } from "./tools.js";
+} from "./security.js";
+import { pkiLayout, type Pki } from "../scripts/lib/pki.js";
+import { ROOT } from "../scripts/lib/tools.js";
 
 type Target = "local" | "k8s";
 type Obj = Record<string, unknown>;
@@ -33,7 +33,7 @@ interface Placement {
   /** Address and discovery type of an instance's sidecar ingress. */
   ingressOf(service: string, version: string): { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
   accessLog(id: string): string;
-  /** Where each Envoy finds its certificate, the CA and the JWKS (scripts/pki.ts's layout). */
+  /** Where each Envoy finds its certificate, the CA and the JWKS (scripts/lib/pki.ts's layout). */
   pki: Pki;
   /** The envoyproxy/ratelimit service the edge asks. */
   rateLimit: { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
@@ -719,7 +719,7 @@ export function renderEdge(target: Target): Obj {
 /** Every rendered config: path under envoy/ -> YAML text. */
 export function renderAll(): Map<string, string> {
   const out = new Map<string, string>();
-  const header = "# Rendered from envoy/topology.ts by scripts/render-envoy.ts. Do not edit.\n";
+  const header = "# Rendered from envoy/topology.ts by envoy/render.ts. Do not edit.\n";
   for (const target of ["local", "k8s"] as const) {
     out.set(`${target}/edge.yaml`, header + stringify(renderEdge(target)));
     for (const { service: spec, version, id } of instances) {

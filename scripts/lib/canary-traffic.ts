@@ -6,8 +6,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { PredictionService } from "../gen/recsys/prediction/v1/prediction_pb.js";
-import { zipfSampler } from "../bench/harness.js";
+import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+import { zipfSampler } from "../../bench/harness.js";
 import { ROOT } from "./tools.js";
 
 /** User ids, most active first (user_log_events of the committed batch features). */

@@ -4,7 +4,7 @@
 // to v2 with the cache bypassed, whose rankings are compared.
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { FallbackLevel, PredictionService, type PredictResponse } from "../gen/recsys/prediction/v1/prediction_pb.js";
+import { FallbackLevel, PredictionService, type PredictResponse } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { jaccard, rankBiasedOverlap, scoreDrift } from "./canary-stats.js";
 
 export type Version = "v1" | "v2";
