@@ -1,4 +1,4 @@
-// The web console's dashboard (scripts/web.ts asks Prometheus these, server-side):
+// The web console's dashboard (scripts/lib/web.ts asks Prometheus these, server-side):
 // the questions an operator asks first, in PromQL over the same series the alert
 // rules and the Grafana dashboard read. Windows of 1m: the console is a live view
 // (Prometheus scrapes every 2 s under `npm run observe`).
@@ -8,7 +8,8 @@ export interface ConsolePanel {
   title: string;
   /** Labels that name a row, in column order (none: one figure). */
   by: string[];
-  unit: "per_second" | "ratio" | "seconds";
+  /** ratio renders as a percentage, seconds as a duration, number as a plain figure. */
+  unit: "per_second" | "ratio" | "seconds" | "number";
   query: string;
 }
 
@@ -62,5 +63,26 @@ export const consolePanels: ConsolePanel[] = [
     by: ["version"],
     unit: "ratio",
     query: `sum by (version) (rate(grpc_server_handled_total{${predictCalls}}[1m])) / ignoring (version) group_left sum (rate(grpc_server_handled_total{${predictCalls}}[1m]))`,
+  },
+  {
+    id: "drift",
+    title: "Feature drift: the 3 largest PSI per model version (0.1 moderate, 0.25 alert)",
+    by: ["version", "model", "model_version", "feature"],
+    unit: "number",
+    query: "topk by (version, model, model_version) (3, max by (version, model, model_version, feature) (recsys_prediction_feature_psi))",
+  },
+  {
+    id: "model-age",
+    title: "Model age (since its training cut-off)",
+    by: ["version", "model", "model_version"],
+    unit: "seconds",
+    query: "max by (version, model, model_version) (recsys_prediction_model_age_seconds)",
+  },
+  {
+    id: "online-auc",
+    title: "Online AUC as a share of offline, per variant and model (target 95%)",
+    by: ["version", "variant", "model", "model_version"],
+    unit: "ratio",
+    query: 'max by (version, variant, model, model_version) (recsys_prediction_online_offline_ratio{metric="auc"})',
   },
 ];

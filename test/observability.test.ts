@@ -1,8 +1,8 @@
 // The observability pack: Prometheus rules pass promtool and their unit tests, the
-// scrape config finds the ports the manifests declare, and every metric the
-// dashboard, the rules and the autoscaling adapter use is one the services register
-// or a real Envoy of ours exports.
-import { ensurePki } from "../scripts/pki.js";
+// scrape config finds the ports the manifests declare, and every metric the Grafana
+// dashboard, the web console's panels, the rules and the autoscaling adapter use is
+// one the services register or a real Envoy of ours exports.
+import { ensurePki } from "../scripts/lib/pki.js";
 import { withPkiAt } from "./support/rendered-pki.js";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,8 +12,9 @@ import { parse, stringify } from "yaml";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { instances } from "../envoy/topology.js";
 import { ENVOY_STATS_PORT, NAMESPACE, renderBase } from "../k8s/render.js";
-import { runCommand, startProcess, type Started } from "../scripts/processes.js";
-import { ROOT, TOOLS_BIN, tool } from "../scripts/tools.js";
+import { runCommand, startProcess, type Started } from "../scripts/lib/processes.js";
+import { ROOT, TOOLS_BIN, tool } from "../scripts/lib/tools.js";
+import { consolePanels } from "../observability/dashboard.js";
 import { registry } from "../services/kit/index.js";
 
 const promtool = join(TOOLS_BIN, "promtool");
@@ -48,8 +49,41 @@ const panels = (dashboard.panels as Obj[]).flatMap((p) => (p.type === "row" ? (p
 const dashboardQueries: string[] = panels.flatMap((p) => (p.targets ?? []).map((t: Obj) => t.expr as string));
 const variableQueries: string[] = dashboard.templating.list.filter((v: Obj) => v.type === "query").map((v: Obj) => v.query.query as string);
 const rules = parse(read("alerts.yml")).groups.flatMap((g: Obj) => g.rules) as Obj[];
+const modelRules = parse(read("rules/model-monitoring.yml")).groups.flatMap((g: Obj) => g.rules) as Obj[];
 const recorded = new Set(rules.filter((r) => r.record).map((r) => r.record as string));
 const adapterRules = parse(read("prometheus-adapter.yaml")).rules as Obj[];
+
+/** Asks promtool to parse the queries (as recording rules, so the whole file is one check). */
+async function expectValidPromql(name: string, queries: string[]) {
+  const file = join(work, `${name}.yml`);
+  const asRules = queries.map((expr, i) => ({ record: `${name}:query_${i}`, expr }));
+  writeFileSync(file, stringify({ groups: [{ name, rules: asRules }] }));
+  const { code, stdout, stderr } = await run(promtool, ["check", "rules", file]);
+  expect(stdout + stderr).toContain(`SUCCESS: ${asRules.length} rules found`);
+  expect(code).toBe(0);
+}
+
+/** The model-monitoring metrics the prediction service exports (services/prediction/drift.ts, model-age.ts, online-accuracy.ts). */
+const modelMonitoringMetrics = [
+  "recsys_prediction_feature_psi",
+  "recsys_prediction_feature_drift_window_rows",
+  "recsys_prediction_model_age_seconds",
+  "recsys_prediction_model_since_load_seconds",
+  "recsys_prediction_model_max_age_seconds",
+  "recsys_prediction_online_metric",
+  "recsys_prediction_online_lists",
+  "recsys_prediction_offline_metric",
+  "recsys_prediction_online_offline_ratio",
+];
+
+/** The number an alert rule compares its metric with (`> 0.25`, `< 0.95`). */
+const alertThreshold = (alert: string) => Number(/[<>]=?\s*([\d.]+)\s*$/.exec(modelRules.find((r) => r.alert === alert)!.expr.trim())![1]);
+
+/** The threshold lines a Grafana panel draws. */
+const drawnThresholds = (panel: Obj) => {
+  expect(panel.fieldConfig.defaults.custom.thresholdsStyle.mode, panel.title).not.toBe("off");
+  return (panel.fieldConfig.defaults.thresholds.steps as Obj[]).map((s) => s.value).filter((v) => v !== null);
+};
 
 describe("metric name extraction", () => {
   it("finds the metrics and nothing else", () => {
@@ -156,13 +190,50 @@ describe("Grafana dashboard (observability/grafana/recsys-mesh.json)", () => {
     }
   });
 
+  it("has a model-monitoring row reading every drift, staleness and online-accuracy metric", () => {
+    const row = (dashboard.panels as Obj[]).findIndex((p) => p.type === "row" && /^Model monitoring/.test(p.title));
+    expect(row).toBeGreaterThan(-1);
+    const next = (dashboard.panels as Obj[]).findIndex((p, i) => i > row && p.type === "row");
+    const rowQueries = (dashboard.panels as Obj[]).slice(row + 1, next).flatMap((p) => (p.targets ?? []).map((t: Obj) => t.expr as string));
+    expect(modelMonitoringMetrics.filter((m) => !rowQueries.some((q) => metricNames(q).includes(m)))).toEqual([]);
+  });
+
+  it("draws the model-monitoring alerts' thresholds where the rules put them", () => {
+    const reading = (metric: string) => panels.filter((p) => p.type === "timeseries" && p.targets.some((t: Obj) => metricNames(t.expr).includes(metric)));
+    const psi = reading("recsys_prediction_feature_psi");
+    expect(psi.length).toBeGreaterThan(0);
+    // 0.1 is the usual start of a moderate shift; the alert's 0.25 a major one.
+    for (const p of psi) expect(drawnThresholds(p)).toEqual([0.1, alertThreshold("RecsysFeatureDrift")]);
+    const ratio = reading("recsys_prediction_online_offline_ratio");
+    expect(ratio.length).toBeGreaterThan(0);
+    for (const p of ratio) expect(drawnThresholds(p)).toEqual([alertThreshold("RecsysOnlineAccuracyLow")]);
+    // RecsysModelTooOld compares age with the maximum: the age/maximum panel's line is at 1.
+    const ageOverMax = reading("recsys_prediction_model_max_age_seconds");
+    expect(ageOverMax.length).toBeGreaterThan(0);
+    for (const p of ageOverMax) expect(drawnThresholds(p)).toEqual([1]);
+  });
+
   it("has queries that are valid PromQL (promtool parses them as recording rules)", async () => {
-    const file = join(work, "dashboard-queries.yml");
-    const asRules = dashboardQueries.map((expr, i) => ({ record: `dashboard:query_${i}`, expr: plainPromql(expr) }));
-    writeFileSync(file, stringify({ groups: [{ name: "dashboard", rules: asRules }] }));
-    const { code, stdout, stderr } = await run(promtool, ["check", "rules", file]);
-    expect(stdout + stderr).toContain(`SUCCESS: ${asRules.length} rules found`);
-    expect(code).toBe(0);
+    await expectValidPromql("dashboard", dashboardQueries.map(plainPromql));
+  });
+});
+
+describe("web console panels (observability/dashboard.ts)", () => {
+  it("have unique ids", () => {
+    expect(new Set(consolePanels.map((p) => p.id)).size).toBe(consolePanels.length);
+  });
+
+  it("ask the model-monitoring questions: worst PSI per model version, model age, online/offline AUC per variant and model", () => {
+    const reads = (metric: string) => consolePanels.filter((p) => metricNames(p.query).includes(metric));
+    expect(reads("recsys_prediction_feature_psi").map((p) => p.by)).toContainEqual(["version", "model", "model_version", "feature"]);
+    expect(reads("recsys_prediction_model_age_seconds").map((p) => [p.by, p.unit])).toContainEqual([["version", "model", "model_version"], "seconds"]);
+    const ratio = reads("recsys_prediction_online_offline_ratio");
+    expect(ratio.map((p) => [p.by, p.unit])).toContainEqual([["version", "variant", "model", "model_version"], "ratio"]);
+    expect(ratio.every((p) => p.query.includes('metric="auc"'))).toBe(true);
+  });
+
+  it("have queries that are valid PromQL", async () => {
+    await expectValidPromql("console", consolePanels.map((p) => p.query));
   });
 });
 
@@ -228,7 +299,8 @@ describe("every metric the dashboard, rules and adapter read is really exported"
   it.each([
     ["the dashboard's panels", () => dashboardQueries],
     ["the dashboard's variables", () => variableQueries.map((q) => q.replace(/^label_values\((.*),\s*\w+\)$/, "$1"))],
-    ["the alerting and recording rules", () => rules.map((r) => r.expr as string)],
+    ["the web console's panels", () => consolePanels.map((p) => p.query)],
+    ["the alerting and recording rules", () => [...rules, ...modelRules].map((r) => r.expr as string)],
     ["the autoscaling adapter", () => adapterRules.map((r) => r.seriesQuery as string)],
   ])("%s", (_what, queries) => {
     const names = queries().flatMap(metricNames);

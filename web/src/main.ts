@@ -5,6 +5,7 @@
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 import { CacheLevel, FallbackLevel, PredictionService, type PredictResponse, type StageLatency } from "../../gen/recsys/prediction/v1/prediction_pb.js";
+import type { ConsolePanel } from "../../observability/dashboard.js";
 
 type Protocol = "grpc-web" | "connect";
 
@@ -16,7 +17,7 @@ interface ConsoleStats {
 interface ConsoleDashboard {
   prometheus: { reachable: boolean; error?: string };
   zipkin: { reachable: boolean };
-  panels: { id: string; title: string; by: string[]; unit: "per_second" | "ratio" | "seconds"; rows: { labels: Record<string, string>; value: number | null }[] }[];
+  panels: (Omit<ConsolePanel, "query"> & { rows: { labels: Record<string, string>; value: number | null }[] })[];
   alerts: { name: string; state: string; severity: string; summary: string }[];
 }
 
@@ -219,11 +220,21 @@ function setupStats() {
   });
 }
 
-function formatValue(unit: ConsoleDashboard["panels"][number]["unit"], value: number | null): string {
+/** A duration in the largest unit that keeps it readable: a latency in ms, a model's age in days. */
+function formatDuration(seconds: number): string {
+  if (seconds < 1) return `${(1000 * seconds).toFixed(1)} ms`;
+  if (seconds < 120) return `${seconds.toFixed(2)} s`;
+  if (seconds < 2 * 3600) return `${(seconds / 60).toFixed(1)} min`;
+  if (seconds < 2 * 86400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86400).toFixed(1)} days`;
+}
+
+function formatValue(unit: ConsolePanel["unit"], value: number | null): string {
   if (value === null) return "–";
   if (unit === "ratio") return `${(100 * value).toFixed(1)}%`;
   if (unit === "per_second") return `${value.toFixed(2)}/s`;
-  return value < 1 ? `${(1000 * value).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+  if (unit === "number") return value.toFixed(3);
+  return formatDuration(value);
 }
 
 function renderPanel(panel: ConsoleDashboard["panels"][number]): HTMLElement {
