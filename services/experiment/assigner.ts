@@ -10,8 +10,8 @@ import { z } from "zod";
 import type { Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
 import { createLogger, registry, type Logger } from "../kit/index.js";
 import { assign, compile, type AssignContext, type AssignResult, type CompiledDefinitions, type HoldoutSettings } from "./assignment.js";
-import { closeRedis, createRedis, redisConfigShape, waitUntilReady, type RedisClient } from "../kit/redis.js";
-import { CHANGES_CHANNEL, ExperimentStore, connectExperimentRedis } from "./store.js";
+import { closeRedis, connectRedis, redisConfigShape, type RedisClient } from "../kit/redis.js";
+import { CHANGES_CHANNEL, ExperimentStore, experimentScripts } from "./store.js";
 
 /**
  * What the in-process assigner needs. The prediction service spreads this shape into
@@ -77,7 +77,7 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
   const commandTimeoutMs = options.commandTimeoutMs ?? 1_000;
   const holdout: HoldoutSettings = { percent: options.holdoutPercent ?? 0, salt: options.holdoutSalt ?? "global" };
   const settings = { REDIS_URL: options.redisUrl, REDIS_CLUSTER_NODES: options.redisClusterNodes };
-  const redis = await connectExperimentRedis(settings, commandTimeoutMs, "experiment-assigner", log);
+  const redis = await connectRedis(settings, { commandTimeoutMs, name: "experiment-assigner", log, scripts: experimentScripts });
   let subscriber: RedisClient | undefined;
   const store = new ExperimentStore(redis, log);
 
@@ -117,15 +117,13 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
 
   try {
     await refresh();
-    subscriber = createRedis(settings, { commandTimeoutMs, name: "experiment-assigner-changes", subscriber: true, log });
-    await waitUntilReady(subscriber, Math.max(commandTimeoutMs, 2_000));
+    subscriber = await connectRedis(settings, { commandTimeoutMs, name: "experiment-assigner-changes", subscriber: true, log });
     subscriber.on("message", () => void refreshInBackground("change notice"));
     await subscriber.subscribe(CHANGES_CHANNEL);
     // Notices sent while the subscriber was disconnected are lost: reload on reconnect.
     subscriber.on("ready", () => void refreshInBackground("reconnected"));
   } catch (err) {
-    redis.disconnect();
-    subscriber?.disconnect();
+    await Promise.all([closeRedis(redis), subscriber && closeRedis(subscriber)]);
     throw err;
   }
 

@@ -3,14 +3,14 @@ import { createLogger, exitOnSignals, startServer } from "../kit/index.js";
 import { createAssigner } from "./assigner.js";
 import { loadExperimentConfig } from "./config.js";
 import { experimentService } from "./handlers.js";
-import { closeRedis } from "../kit/redis.js";
-import { ExperimentStore, connectExperimentRedis } from "./store.js";
+import { closeRedis, connectRedis } from "../kit/redis.js";
+import { ExperimentStore, experimentScripts } from "./store.js";
 
 /** Starts the experiment service; ready once Redis answered and the definitions are loaded. */
 export async function startExperimentService(env: Record<string, string | undefined> = process.env) {
   const config = loadExperimentConfig(env);
   const log = createLogger("experiment", config.LOG_LEVEL);
-  const redis = await connectExperimentRedis(config, config.REDIS_COMMAND_TIMEOUT_MS, "experiment", log);
+  const redis = await connectRedis(config, { commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, name: "experiment", log, scripts: experimentScripts });
   const assigner = await createAssigner({
     redisUrl: config.REDIS_URL,
     redisClusterNodes: config.REDIS_CLUSTER_NODES,

@@ -7,7 +7,7 @@ import { ReplyError } from "ioredis";
 import { Counter } from "prom-client";
 import { ExperimentSchema, type Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
 import { Code, ConnectError, registry, statusError, type Logger } from "../kit/index.js";
-import { createRedis, describeRedis, waitUntilReady, type RedisClient, type RedisSettings } from "../kit/redis.js";
+import type { RedisClient } from "../kit/redis.js";
 import type { VariantAggregate } from "./results.js";
 
 // Hash tags keep the keys a script touches in one Redis Cluster slot.
@@ -89,26 +89,12 @@ const eventsRecorded = new Counter({
   registers: [registry],
 });
 
-/** A kit client with the store's scripts, connected: rejects when Redis cannot be reached within the start budget. */
-export async function connectExperimentRedis(settings: RedisSettings, commandTimeoutMs: number, name: string, log: Logger): Promise<RedisClient> {
-  const redis = createRedis(settings, {
-    commandTimeoutMs,
-    name,
-    log,
-    scripts: {
-      experimentWriteDefinition: { lua: WRITE_DEFINITION },
-      experimentRecordExposures: { lua: RECORD_EXPOSURES },
-      experimentRecordOutcomes: { lua: RECORD_OUTCOMES },
-    },
-  });
-  try {
-    await waitUntilReady(redis, Math.max(commandTimeoutMs, 2_000));
-  } catch (err) {
-    redis.disconnect();
-    throw new Error(`cannot connect to Redis at ${describeRedis(settings)}: ${(err as Error).message}`);
-  }
-  return redis;
-}
+/** The store's Lua scripts, to register on its client (connectRedis's scripts). */
+export const experimentScripts = {
+  experimentWriteDefinition: { lua: WRITE_DEFINITION },
+  experimentRecordExposures: { lua: RECORD_EXPOSURES },
+  experimentRecordOutcomes: { lua: RECORD_OUTCOMES },
+};
 
 /** Redis failures as gRPC statuses: unreachable or slow -> UNAVAILABLE; a script error -> INTERNAL. */
 function storeError(err: unknown): ConnectError {
@@ -149,7 +135,7 @@ export interface OutcomeEvent {
 export class ExperimentStore {
   private readonly scripts: Record<"writeDefinition" | "recordExposures" | "recordOutcomes", Script>;
 
-  /** redis: a client from connectExperimentRedis (it registers the scripts). */
+  /** redis: a client with experimentScripts registered. */
   constructor(
     private readonly redis: RedisClient,
     private readonly log: Logger,

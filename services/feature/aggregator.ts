@@ -13,7 +13,8 @@ import { decodeEvent } from "./ingest.js";
 import { publishLockKey, streamKey } from "./keys.js";
 import { eventsApplied, freshnessSeconds, streamLag, streamLength, streamPending } from "./metrics.js";
 import { publishLists } from "./popular.js";
-import { connectRedis, type RedisClient } from "./redis.js";
+import { closeRedis, createRedis, type RedisClient } from "../kit/redis.js";
+import { featureScripts } from "./lua.js";
 
 /** The consumer group every aggregator worker joins. */
 export const GROUP = "aggregator";
@@ -81,7 +82,7 @@ export class Aggregator {
   private async work(index: number, partitions: number[]): Promise<void> {
     const { config, log } = this.options;
     // Blocking reads need a connection of their own, and a timeout longer than the block.
-    const redis = connectRedis(config, { commandTimeoutMs: config.AGGREGATOR_BLOCK_MS + config.REDIS_COMMAND_TIMEOUT_MS + 1_000, name: `aggregator-w${index}` });
+    const redis = createRedis(config, { commandTimeoutMs: config.AGGREGATOR_BLOCK_MS + config.REDIS_COMMAND_TIMEOUT_MS + 1_000, name: `aggregator-w${index}`, scripts: featureScripts });
     const consumer = `${config.AGGREGATOR_CONSUMER_NAME}-w${index}`;
     const blockMs = Math.max(1, Math.floor(config.AGGREGATOR_BLOCK_MS / partitions.length));
     let recovered = false;
@@ -119,7 +120,7 @@ export class Aggregator {
         await this.pause(Math.min(100 * failures, 2_000));
       }
     }
-    redis.disconnect();
+    await closeRedis(redis, { immediately: true });
   }
 
   private async ensureGroup(redis: RedisClient, partition: number): Promise<void> {
@@ -214,7 +215,7 @@ export class Aggregator {
   /** Every interval: lag metrics, trimming of applied entries, and (one process at a time) publishing the lists. */
   private async housekeep(): Promise<void> {
     const { config, log } = this.options;
-    const redis = connectRedis(config, { commandTimeoutMs: 5_000, name: "aggregator-housekeeping" });
+    const redis = createRedis(config, { commandTimeoutMs: 5_000, name: "aggregator-housekeeping", scripts: featureScripts });
     let failing = false;
     while (!this.stopping) {
       await this.pause(config.POPULAR_PUBLISH_INTERVAL_MS);
@@ -231,7 +232,7 @@ export class Aggregator {
         failing = true;
       }
     }
-    redis.disconnect();
+    await closeRedis(redis);
   }
 
   /**

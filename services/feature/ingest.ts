@@ -5,7 +5,8 @@ import type { Event } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { invalidArgument } from "../kit/index.js";
 import type { StreamEvent } from "./aggregation.js";
 import { partitionOf, seenKey, streamKey } from "./keys.js";
-import { execAll, type RedisClient } from "./redis.js";
+import type { RedisClient } from "../kit/redis.js";
+import { execAll } from "./redis.js";
 
 /**
  * Rejects the batch (INVALID_ARGUMENT naming the first bad event's index and field)

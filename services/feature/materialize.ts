@@ -24,7 +24,8 @@ import { checkJson } from "./codec.js";
 import { loadFeatureConfig } from "./config.js";
 import { checkpointKey } from "./keys.js";
 import { seedPopular } from "./popular.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "./redis.js";
+import { closeRedis, connectRedis, type RedisClient } from "../kit/redis.js";
+import { featureScripts } from "./lua.js";
 import { views, type BatchView, type JsonFeatureValue } from "./registry.js";
 import { OnlineStore, type RowWrite } from "./store.js";
 
@@ -258,9 +259,9 @@ async function main(): Promise<number> {
     return 2;
   }
   const config = loadFeatureConfig({ ...process.env, ...(values["redis-url"] ? { REDIS_URL: values["redis-url"] } : {}) });
-  const redis = connectRedis(config, { commandTimeoutMs: 10_000, name: "materialize" });
+  let redis: RedisClient | undefined;
   try {
-    await waitUntilReady(redis, 5_000);
+    redis = await connectRedis(config, { commandTimeoutMs: 10_000, readyTimeoutMs: 5_000, name: "materialize", scripts: featureScripts });
     const summary = await materialize({ file, view: values.view, batchSize, restart: values.restart, redis, popularTopK: config.POPULAR_TOP_K, partitions: config.PARTITIONS });
     process.stdout.write(`${report(file, summary)}\n`);
     return summary.errors.length > 0 ? 1 : 0;
@@ -268,7 +269,7 @@ async function main(): Promise<number> {
     process.stderr.write(`materialize: ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;
   } finally {
-    redis.disconnect();
+    if (redis) await closeRedis(redis);
   }
 }
 

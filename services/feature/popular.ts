@@ -25,7 +25,8 @@ import {
   trendingKey,
 } from "./keys.js";
 import { popularLists } from "./registry.js";
-import { execAll, type RedisClient } from "./redis.js";
+import type { RedisClient } from "../kit/redis.js";
+import { execAll } from "./redis.js";
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;

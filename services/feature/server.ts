@@ -5,7 +5,8 @@ import { loadCategories } from "./catalog.js";
 import { loadFeatureConfig } from "./config.js";
 import { featureService } from "./handlers.js";
 import { redisUp } from "./metrics.js";
-import { connectRedis } from "./redis.js";
+import { closeRedis, createRedis } from "../kit/redis.js";
+import { featureScripts } from "./lua.js";
 import { OnlineStore } from "./store.js";
 
 const HEALTH_CHECK_INTERVAL_MS = 1_000;
@@ -18,9 +19,10 @@ const HEALTH_CHECK_INTERVAL_MS = 1_000;
 export async function startFeatureService(env: Record<string, string | undefined> = process.env) {
   const config = loadFeatureConfig(env);
   const log = createLogger("feature", config.LOG_LEVEL);
-  const redis = connectRedis(config, { name: "feature" });
+  const redisOptions = { commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, scripts: featureScripts };
+  const redis = createRedis(config, { ...redisOptions, name: "feature" });
   // Durable ingest waits for replicas on a connection of its own (see featureService).
-  const ingestRedis = config.INGEST_REPLICA_ACKS > 0 ? connectRedis(config, { name: "feature-ingest" }) : redis;
+  const ingestRedis = config.INGEST_REPLICA_ACKS > 0 ? createRedis(config, { ...redisOptions, name: "feature-ingest" }) : redis;
   const store = new OnlineStore(redis, config.PARTITIONS, {
     maxEntities: config.CACHE_MAX_ENTITIES,
     batchTtlMs: config.CACHE_BATCH_TTL_MS,
@@ -39,8 +41,7 @@ export async function startFeatureService(env: Record<string, string | undefined
       stopped = true;
       clearInterval(checking);
       await aggregator?.stop();
-      redis.disconnect();
-      if (ingestRedis !== redis) ingestRedis.disconnect();
+      await Promise.all([closeRedis(redis), ingestRedis !== redis && closeRedis(ingestRedis)]);
     },
   });
 

@@ -6,7 +6,7 @@ import { decodeRow, encodeRow } from "./codec.js";
 import { partitionOf, recentKey, rowKey, stateKey } from "./keys.js";
 import { rowsWritten } from "./metrics.js";
 import type { BatchView, JsonFeatureValue, StreamView } from "./registry.js";
-import type { RedisClient } from "./redis.js";
+import type { RedisClient } from "../kit/redis.js";
 
 /**
  * Redis keeps a row this long past its TTL, so reads can say EXPIRED (and serve the

@@ -135,9 +135,29 @@ export async function waitUntilReady(client: RedisClient, timeoutMs: number): Pr
   }
 }
 
-/** Closes politely, or at once when the connection is down (a refused QUIT would leave it reconnecting). */
-export async function closeRedis(client: RedisClient): Promise<void> {
-  if (client.status !== "ready") {
+/**
+ * createRedis, connected: rejects (and drops the client) when Redis cannot be reached
+ * within readyTimeoutMs (default: the command timeout, at least 2 s). For a process
+ * that must not start without Redis.
+ */
+export async function connectRedis(settings: RedisSettings, options: RedisClientOptions & { readyTimeoutMs?: number }): Promise<RedisClient> {
+  const client = createRedis(settings, options);
+  try {
+    await waitUntilReady(client, options.readyTimeoutMs ?? Math.max(options.commandTimeoutMs, 2_000));
+  } catch (err) {
+    client.disconnect();
+    throw new Error(`cannot connect to Redis at ${describeRedis(settings)}: ${(err as Error).message}`);
+  }
+  return client;
+}
+
+/**
+ * Closes politely (QUIT, after the replies already asked for), or at once when the
+ * connection is down (a refused QUIT would leave it reconnecting) or when told to: a
+ * client blocked in XREAD/XREADGROUP would hold QUIT back for the whole block.
+ */
+export async function closeRedis(client: RedisClient, options: { immediately?: boolean } = {}): Promise<void> {
+  if (options.immediately || client.status !== "ready") {
     client.disconnect();
     return;
   }

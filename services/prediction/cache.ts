@@ -2,9 +2,8 @@ import { randomUUID } from "node:crypto";
 import { Cluster } from "ioredis";
 import { LRUCache } from "lru-cache";
 import type { Logger } from "../kit/index.js";
-import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { cacheLookups } from "./metrics.js";
-import { failFastRedis } from "./redis.js";
 
 export interface CachedItem {
   itemId: string;
@@ -99,7 +98,8 @@ export class PredictionCache {
         if (keys?.size === 0) this.l1ByUser.delete(userId);
       },
     });
-    this.redis = failFastRedis(options.redis, options.redisTimeoutMs, "prediction-cache");
+    // No resend: a slow or absent Redis is a miss within the command timeout, never a hang.
+    this.redis = createRedis(options.redis, { commandTimeoutMs: options.redisTimeoutMs, maxRetriesPerRequest: 0, name: "prediction-cache" });
     this.subscriber = createRedis(options.redis, { commandTimeoutMs: options.redisTimeoutMs, subscriber: true, name: "prediction-cache-invalidations" });
     let healthy = true;
     const onError = (err: Error) => {
@@ -264,10 +264,9 @@ export class PredictionCache {
     return { l1Removed, l2Removed };
   }
 
-  /** Lets pending L2 writes land (each bounded by the command timeout), then disconnects. */
+  /** Lets pending L2 writes land (each bounded by the command timeout), then closes. */
   async close(): Promise<void> {
     await Promise.all(this.writes);
-    this.redis.disconnect();
-    this.subscriber.disconnect();
+    await Promise.all([closeRedis(this.redis), closeRedis(this.subscriber)]);
   }
 }

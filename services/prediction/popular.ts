@@ -1,8 +1,7 @@
 import { ALL_CATEGORIES, rankedListKey } from "../kit/ranked-lists.js";
 import type { Logger } from "../kit/index.js";
-import type { RedisClient, RedisSettings } from "../kit/redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { popularListAge, popularRefreshes } from "./metrics.js";
-import { failFastRedis } from "./redis.js";
 
 export { ALL_CATEGORIES };
 
@@ -54,7 +53,8 @@ export class PopularCopy {
 
   constructor(private readonly options: PopularCopyOptions) {
     this.now = options.now ?? Date.now;
-    this.redis = failFastRedis(options.redis, options.readTimeoutMs, "prediction-popular");
+    // No resend: a failed refresh keeps the last copy.
+    this.redis = createRedis(options.redis, { commandTimeoutMs: options.readTimeoutMs, maxRetriesPerRequest: 0, name: "prediction-popular" });
   }
 
   /** The list of a category (or ALL_CATEGORIES), best first; undefined when there is none. */
@@ -100,9 +100,9 @@ export class PopularCopy {
     this.timer.unref();
   }
 
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.timer);
-    this.redis.disconnect();
+    await closeRedis(this.redis);
   }
 
   private async read(): Promise<boolean> {

@@ -133,8 +133,7 @@ export class IndexStore {
   /** Stops applying the replicated log. */
   async close(): Promise<void> {
     this.stopped.abort();
-    this.options.replication?.stream.close();
-    await this.tailing;
+    await Promise.all([this.options.replication?.stream.close(), this.tailing]);
   }
 
   /** The live index. Read it once per call and use that object throughout. */

@@ -4,7 +4,7 @@
 // order to the same starting index, they agree; the stream id a snapshot contains is
 // saved with it, so a replica (re)starting from a snapshot replays only what came after.
 import type { Logger } from "../kit/index.js";
-import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { decodeOp, encodeOp, type IndexOpBody } from "./persistence.js";
 
 export interface StreamEntry {
@@ -56,8 +56,7 @@ export class OpsStream {
     return (reply?.[0]?.[1] ?? []).map(([entryId, fields]) => ({ id: entryId, op: decodeOp(fields[fields.indexOf("op") + 1]!) }));
   }
 
-  close(): void {
-    this.writer.disconnect();
-    this.reader.disconnect();
+  async close(): Promise<void> {
+    await Promise.all([closeRedis(this.writer), closeRedis(this.reader, { immediately: true })]);
   }
 }

@@ -1,6 +1,6 @@
 import { ALL_CATEGORIES, rankedListKey, type RankedListKind } from "../kit/ranked-lists.js";
 import type { Logger } from "../kit/index.js";
-import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import type { CatalogItem } from "../kit/artifacts.js";
 import { popularFallbacks } from "./metrics.js";
 
@@ -83,8 +83,8 @@ export class PopularLists {
     });
   }
 
-  close(): void {
-    this.redis.disconnect();
+  async close(): Promise<void> {
+    await closeRedis(this.redis);
   }
 
   private fromCatalog(request: ListRequest, count: number, reason: "redis_unavailable" | "empty", err?: Error): RankedList {

@@ -31,8 +31,7 @@ export async function startRetrievalService(env: Record<string, string | undefin
     log,
     services: [retrievalService({ config, resources: () => resources })],
     onShutdown: async () => {
-      popular?.close();
-      await store?.close();
+      await Promise.all([popular?.close(), store?.close()]);
     },
   });
   const blockMs = 1_000;

@@ -15,7 +15,8 @@ import { createServiceClient, type RunningServer } from "../../kit/index.js";
 import { GROUP } from "../aggregator.js";
 import { streamFeatures } from "../aggregation.js";
 import { streamKey } from "../keys.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "../redis.js";
+import { connectRedis, type RedisClient } from "../../kit/redis.js";
+import { featureScripts } from "../lua.js";
 import { views, type StreamView } from "../registry.js";
 import { startFeatureService } from "../server.js";
 import { OnlineStore } from "../store.js";
@@ -75,8 +76,7 @@ describe("aggregator exactly-once under crashes", () => {
   async function deploy(inProcess: boolean): Promise<Deployment> {
     const redis = await startTestRedis();
     const server = await startFeatureService({ ...baseEnv, LOG_LEVEL: "silent", ...redis.env, AGGREGATOR_IN_PROCESS: String(inProcess), AGGREGATOR_WORKERS: "2" });
-    const store = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
-    await waitUntilReady(store, 5_000);
+    const store = await connectRedis(redis.env, { commandTimeoutMs: 5_000, readyTimeoutMs: 5_000, scripts: featureScripts });
     await serving(server.port);
     return { redis, server, store, client: createServiceClient(FeatureService, `127.0.0.1:${server.port}`) };
   }

@@ -6,7 +6,8 @@ import { runCommand, startProcess } from "../../../scripts/lib/processes.js";
 import { ROOT } from "../../../scripts/lib/tools.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { materialize } from "../materialize.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "../redis.js";
+import { connectRedis, type RedisClient } from "../../kit/redis.js";
+import { featureScripts } from "../lua.js";
 import { findView, type BatchView } from "../registry.js";
 import { OnlineStore } from "../store.js";
 import { eventually } from "./helpers.js";
@@ -39,8 +40,7 @@ describe("materialize: JSON lines into the online store", () => {
 
   beforeAll(async () => {
     redis = await startTestRedis();
-    client = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
-    await waitUntilReady(client, 5_000);
+    client = await connectRedis(redis.env, { commandTimeoutMs: 5_000, readyTimeoutMs: 5_000, scripts: featureScripts });
     raw = redis.client();
     store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
   });

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { fromFeatureValue } from "../codec.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "../redis.js";
+import { connectRedis, type RedisClient } from "../../kit/redis.js";
+import { featureScripts } from "../lua.js";
 import type { BatchView, JsonFeatureValue } from "../registry.js";
 import { OnlineStore } from "../store.js";
 
@@ -38,8 +39,7 @@ describe("online store on a real Redis", () => {
 
   beforeAll(async () => {
     redis = await startTestRedis();
-    client = connectRedis({ ...redis.env, REDIS_COMMAND_TIMEOUT_MS: 2_000 });
-    await waitUntilReady(client, 5_000);
+    client = await connectRedis(redis.env, { commandTimeoutMs: 2_000, readyTimeoutMs: 5_000, scripts: featureScripts });
   });
 
   afterAll(async () => {

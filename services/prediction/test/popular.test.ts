@@ -46,7 +46,7 @@ describe("the local copy of the popular lists (real Redis)", () => {
     });
   });
   afterAll(async () => {
-    copy?.close();
+    await copy?.close();
     writer?.disconnect();
     await redis?.stop();
   });
