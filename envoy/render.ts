@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "./topology.js";
+import { instanceId, instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "./topology.js";
 import {
   corsPolicy,
   downstreamTls,
@@ -59,7 +59,7 @@ const placements: Record<Target, Placement> = {
     publicBind: "0.0.0.0",
     // One headless Service per version, so Envoy balances and ejects per pod.
     ingressOf: (s, v) => ({
-      address: `${service(s).versions.length > 1 ? `${s}-${v}` : s}.recsys.svc.cluster.local`,
+      address: `${instanceId(service(s), v)}.recsys.svc.cluster.local`,
       port: podPorts.ingress(s, v),
       type: "STRICT_DNS",
     }),
@@ -488,7 +488,7 @@ function bootstrap(id: string, cluster: string, adminPort: number, listeners: Ob
 export function renderSidecar(spec: ServiceSpec, version: string, target: Target): Obj {
   const place = placements[target];
   const { ports, pki } = place;
-  const id = spec.versions.length > 1 ? `${spec.name}-${version}` : spec.name;
+  const id = instanceId(spec, version);
   const ownCertificate = pki.identity(spec.name).sds;
   const grpcRoute = {
     match: { prefix: "/", headers: [{ name: "content-type", string_match: { prefix: "application/grpc" } }] },

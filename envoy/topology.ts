@@ -1,7 +1,8 @@
 // The one source of truth for the mesh: which services exist, which instances, who
 // calls whom, the ports, and the network policies. envoy/render.ts renders
 // every Envoy config (local and Kubernetes) from this file; scripts/start.ts and the
-// k8s manifests read the same ports. Edit here, then `npm run render`.
+// k8s manifests read the same ports. Edit here, then `npm run render`. Plain data: it
+// reads no environment, so every render of it is the same.
 
 /** How callers reach a service: applied on the callers' egress listeners. */
 export interface CallPolicy {
@@ -185,13 +186,13 @@ const slot = (service: string, version: string) => index(service) * 10 + service
 // 32768-60999 (IANA: 49152-65535), and a listener there can find its port taken by
 // some outgoing connection made during start-up.
 export const localPorts: Ports & { rateLimitHttp: number; rateLimitDebug: number; webConsole: number } = {
-  edge: Number(process.env.EDGE_PORT ?? 8080),
-  edgeAdmin: Number(process.env.EDGE_ADMIN_PORT ?? 9901),
+  edge: 8080,
+  edgeAdmin: 9901,
   rateLimitGrpc: 18081,
   rateLimitHttp: 18080,
   rateLimitDebug: 16070,
   /** The web console (scripts/lib/web.ts): the one origin the edge's CORS policy grants. */
-  webConsole: Number(process.env.WEB_PORT ?? 8088),
+  webConsole: 8088,
   app: (s, v) => 20100 + slot(s, v),
   appConnect: (s, v) => 20200 + slot(s, v),
   appMetrics: (s, v) => 20300 + slot(s, v),
@@ -217,8 +218,8 @@ export const observePorts = { zipkin: 19411, prometheus: 19090 };
  */
 export const traceSamplePercent = { local: 0, k8s: 1, observe: 100 };
 
-/** The Redis `npm start` runs when no REDIS_URL is given. */
-export const localRedisPort = Number(process.env.REDIS_PORT ?? 6390);
+/** The Redis `npm start` runs when no REDIS_URL is given (REDIS_PORT moves it: scripts/lib/mesh.ts). */
+export const localRedisPort = 6390;
 
 /** Every loopback port the local mesh listens on, with what listens there. */
 export function localListeners(): { port: number; what: string }[] {
@@ -263,4 +264,16 @@ export function service(name: string): ServiceSpec {
   return found;
 }
 
-export const instances = services.flatMap((s) => s.versions.map((version) => ({ service: s, version, id: s.versions.length > 1 ? `${s.name}-${version}` : s.name })));
+/**
+ * An instance's name: the service's, with the version when it has more than one
+ * (prediction-v1). It names the app and its sidecar config, the image, and the
+ * Kubernetes Service and workload.
+ */
+export const instanceId = (spec: ServiceSpec, version: string) => (spec.versions.length > 1 ? `${spec.name}-${version}` : spec.name);
+
+export const instances = services.flatMap((s) => s.versions.map((version) => ({ service: s, version, id: instanceId(s, version) })));
+
+/** An app's upstream addresses (FEATURE_ADDR, ...): its own sidecar's egress listeners, locally and in a pod. */
+export function upstreamEnv(ports: Ports, spec: ServiceSpec, version: string, upstreams = spec.upstreams): Record<string, string> {
+  return Object.fromEntries(upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${ports.egress(spec.name, version, u)}`]));
+}

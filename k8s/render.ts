@@ -8,7 +8,7 @@ import { basename, dirname, join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
 import { edgeIdentity } from "../envoy/security.js";
-import { instances, podPorts, services, type ServiceSpec } from "../envoy/topology.js";
+import { instanceId, instances, podPorts, services, upstreamEnv, type ServiceSpec } from "../envoy/topology.js";
 import { pkiLayout } from "../scripts/lib/pki.js";
 import { renderRateLimitConfig } from "../scripts/lib/ratelimit.js";
 import { renderAll } from "../envoy/render.js";
@@ -83,8 +83,7 @@ const BASE = join(ROOT, "k8s", "base");
  * recsys/<service>, or recsys/<service>-<version> when the service has several
  * versions, so the canary can run another tag than the stable version.
  */
-const imageOf = (spec: ServiceSpec, version: string) => (spec.versions.length > 1 ? `recsys/${spec.name}-${version}` : `recsys/${spec.name}`);
-const instanceId = (spec: ServiceSpec, version: string) => instances.find((i) => i.service === spec && i.version === version)!.id;
+const imageOf = (spec: ServiceSpec, version: string) => `recsys/${instanceId(spec, version)}`;
 const envoyConfigMap = (id: string) => `envoy-${id}`;
 
 function workload(name: string): Workload {
@@ -153,11 +152,6 @@ function secretEnv(name: string, secret: { name: string; key: string }): Obj {
   return { name, valueFrom: { secretKeyRef: { name: secret.name, key: secret.key } } };
 }
 
-/** Upstreams through this pod's own sidecar, as locally (scripts/lib/mesh.ts). */
-function upstreamEnv(spec: ServiceSpec, version: string, upstreams: string[]): Record<string, string> {
-  return Object.fromEntries(upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${podPorts.egress(spec.name, version, u)}`]));
-}
-
 const plainEnv = (vars: Record<string, string>) => Object.entries(vars).map(([name, value]) => ({ name, value }));
 
 /** The app's env: only variables its config shape reads (test/k8s.test.ts checks every name). */
@@ -172,7 +166,7 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
       METRICS_PORT: String(podPorts.appMetrics(spec.name, version)),
       LOG_LEVEL: "info",
       ...(spec.versions.length > 1 ? { SERVICE_VERSION: version } : {}),
-      ...upstreamEnv(spec, version, spec.upstreams),
+      ...upstreamEnv(podPorts, spec, version),
       ...work.dataDirs,
       ...work.env,
       // Admin calls carry the edge's verified JWT; the app checks it against the same keys.
@@ -187,7 +181,7 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
 /** A job step's env: the service's settings it needs, no listeners, no admin credentials. */
 function jobEnv(spec: ServiceSpec, job: BatchJob, work: Workload): Obj[] {
   return [
-    ...plainEnv({ LOG_LEVEL: "info", ...(spec.versions.length > 1 ? { SERVICE_VERSION: job.version } : {}), ...upstreamEnv(spec, job.version, job.upstreams) }),
+    ...plainEnv({ LOG_LEVEL: "info", ...(spec.versions.length > 1 ? { SERVICE_VERSION: job.version } : {}), ...upstreamEnv(podPorts, spec, job.version, job.upstreams) }),
     ...(work.redis ? [secretEnv("REDIS_URL", SECRETS.redis)] : []),
   ];
 }

@@ -7,7 +7,7 @@ import { join, relative } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../../gen/grpc/health/v1/health_pb.js";
-import { instances, localListeners, localPorts, localRedisPort, observePorts, type ServiceSpec } from "../../envoy/topology.js";
+import { instances, localListeners, localPorts, localRedisPort, observePorts, upstreamEnv } from "../../envoy/topology.js";
 import { describeExit, indent, logCause, portHolder, portTaken, Supervised, type RestartPolicy } from "./processes.js";
 import { compiledServices } from "./build.js";
 import { ensurePki } from "./pki.js";
@@ -81,11 +81,6 @@ const serverEntry = (name: string) => join(ROOT, "services", name, "server.ts");
 
 export function availableServices(): string[] {
   return [...new Set(instances.map((i) => i.service.name))].filter((name) => existsSync(serverEntry(name)));
-}
-
-/** Addresses of a caller's upstreams: its own sidecar's egress listeners. */
-function upstreamEnv(spec: ServiceSpec, version: string): Record<string, string> {
-  return Object.fromEntries(spec.upstreams.map((u) => [`${u.toUpperCase()}_ADDR`, `127.0.0.1:${localPorts.egress(spec.name, version, u)}`]));
 }
 
 /**
@@ -267,7 +262,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
   const log = options.log ?? ((line: string) => console.error(`[mesh ${new Date().toISOString()}] ${line}`));
   const wanted = new Set(options.only ?? availableServices());
   const startRedis = !(options.redisUrl ?? process.env.REDIS_URL);
-  const redisPort = options.redisPort ?? localRedisPort;
+  const redisPort = options.redisPort ?? Number(process.env.REDIS_PORT ?? localRedisPort);
   const clusterPorts = Array.from({ length: 6 }, (_, i) => redisPort + 1 + i);
 
   // Every port first, before anything starts: a taken one fails here, by name, with
@@ -373,7 +368,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<Mesh> {
       // Spans go to `npm run observe`'s Zipkin. The apps follow Envoy's sampling decision,
       // 0% until observe raises it, so without it they send nothing.
       OTEL_EXPORTER_ZIPKIN_ENDPOINT: `http://127.0.0.1:${observePorts.zipkin}/api/v2/spans`,
-      ...upstreamEnv(spec, version),
+      ...upstreamEnv(localPorts, spec, version),
       ...options.env,
       ...options.instanceEnv?.[id],
     };
