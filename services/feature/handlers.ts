@@ -14,11 +14,12 @@ import {
   type WriteFeaturesRequest,
 } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { implement, invalidArgument } from "../kit/index.js";
+import { outcomesOf, publishOutcomes } from "../kit/outcomes.js";
 import { streamFeatures } from "./aggregation.js";
 import { fromFeatureValue, toFeatureValue } from "./codec.js";
 import type { FeatureConfig } from "./config.js";
 import { appendEvents, checkEvents } from "./ingest.js";
-import { eventsIngested, ingestBatchesRejected, readSeconds } from "./metrics.js";
+import { eventsIngested, ingestBatchesRejected, outcomesUnpublished, readSeconds } from "./metrics.js";
 import { isKnownTimeZone, requestFeatures } from "./on-demand.js";
 import { unavailable } from "./redis.js";
 import { findView, views, type BatchView, type FeatureDef, type FeatureView, type JsonFeatureValue, type StreamView } from "./registry.js";
@@ -233,6 +234,8 @@ export function featureService({ store, config, ingestRedis = store.redis }: Fea
     }
     eventsIngested.inc({ result: "accepted" }, counts.accepted);
     eventsIngested.inc({ result: "duplicate" }, counts.duplicates);
+    const outcomes = outcomesOf(events.map((e) => ({ userId: e.userId, itemId: e.itemId, type: e.type, atMs: timestampMs(e.timestamp!) })));
+    publishOutcomes(ingestRedis, outcomes).catch(() => outcomesUnpublished.inc(outcomes.length));
     return counts;
   }
 

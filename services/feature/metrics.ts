@@ -8,6 +8,12 @@ export const eventsIngested = new Counter({
   registers: [registry],
 });
 
+export const outcomesUnpublished = new Counter({
+  name: "recsys_feature_outcomes_unpublished_total",
+  help: "Accepted clicks and purchases that could not be copied to the outcome stream (prediction's online accuracy misses them; the events themselves are kept).",
+  registers: [registry],
+});
+
 export const ingestBatchesRejected = new Counter({
   name: "recsys_feature_ingest_batches_rejected_total",
   help: "Event batches rejected whole because an event was invalid.",

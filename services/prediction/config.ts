@@ -1,6 +1,8 @@
 import { z } from "zod";
 import { assignerConfigShape } from "../experiment/assigner.js";
 import { baseConfigShape, loadConfig } from "../kit/index.js";
+import { DRIFT_MIN_ROWS, DRIFT_SAMPLE_RATE, DRIFT_WINDOW_ROWS } from "./drift.js";
+import { ACCURACY_MIN_LISTS, ATTRIBUTION_MS } from "./online-accuracy.js";
 
 const address = z.string().regex(/^[^\s:]+:\d+$/, "expected host:port");
 const positiveInt = (fallback: number) => z.coerce.number().int().min(1).default(fallback);
@@ -76,6 +78,18 @@ export const predictionConfigShape = {
   EXPOSURE_QUEUE_MAX: positiveInt(10_000),
   EXPOSURE_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(500),
   EXPOSURE_FLUSH_MS: positiveInt(200),
+
+  /**
+   * Model monitoring: the share of ranked rows copied into each model set's drift
+   * window and the window's size (sampling noise alone gives a PSI of about
+   * 9 / DRIFT_WINDOW_ROWS); how long after an answer a click on one of its items still
+   * counts (training's label window), and how many finished answers with a click and a
+   * non-click the online figures need before they are exported.
+   */
+  DRIFT_SAMPLE_RATE: z.coerce.number().gt(0).max(1).default(DRIFT_SAMPLE_RATE),
+  DRIFT_WINDOW_ROWS: z.coerce.number().int().min(DRIFT_MIN_ROWS).default(DRIFT_WINDOW_ROWS),
+  ACCURACY_ATTRIBUTION_S: positiveInt(ATTRIBUTION_MS / 1000),
+  ACCURACY_MIN_LISTS: positiveInt(ACCURACY_MIN_LISTS),
 };
 
 export type PredictionConfig = ReturnType<typeof loadPredictionConfig>;

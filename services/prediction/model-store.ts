@@ -35,6 +35,8 @@ export interface ModelStoreOptions {
   serviceVersion: string;
   /** MODEL_MAX_AGE_S: the oldest training cut-off a serving model may have (0: none). */
   maxModelAgeSeconds: number;
+  /** DRIFT_SAMPLE_RATE and DRIFT_WINDOW_ROWS (default: drift.ts's). */
+  drift?: { sampleRate: number; windowRows: number };
   log: Logger;
 }
 
@@ -291,7 +293,7 @@ export class ModelStore {
       const first = [...rankers.values()][0]!.model.manifest as { training_data?: { split?: { feature_window_days?: number } } };
       const facts: ModelFacts = { featureWindowDays: first.training_data?.split?.feature_window_days ?? DEFAULT_FEATURE_WINDOW_DAYS };
       const models = [...rankers.values()].map((r) => ({ name: r.name, version: r.version, reference: r.model.reference }));
-      return new ModelSet(rankers, embeddings, catalog, featureNames, facts, plan, new FeatureDrift({ serviceVersion: version, featureNames, models }));
+      return new ModelSet(rankers, embeddings, catalog, featureNames, facts, plan, new FeatureDrift({ serviceVersion: version, featureNames, models, ...this.options.drift }));
     } catch (err) {
       await Promise.all([...rankers.values()].map((r) => r.model.release()));
       throw err;

@@ -4,9 +4,11 @@ import { ExperimentService, file_recsys_experiment_v1_experiment } from "../../g
 import { FeatureService, file_recsys_feature_v1_feature } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { RetrievalService, file_recsys_retrieval_v1_retrieval } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { createLogger, createServiceClient, exitOnSignals, startServer, type Logger } from "../kit/index.js";
+import { OutcomeFeed } from "../kit/outcomes.js";
 import { Admission } from "./admission.js";
 import { VariantResolver } from "./variant-resolver.js";
 import { PredictionCache } from "./cache.js";
+import { CandidateReader } from "./candidates.js";
 import { loadPredictionConfig, type PredictionConfig } from "./config.js";
 import { FeatureReader } from "./features.js";
 import { predictionService } from "./handlers.js";
@@ -32,6 +34,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     },
     serviceVersion: config.SERVICE_VERSION,
     maxModelAgeSeconds: config.MODEL_MAX_AGE_S,
+    drift: { sampleRate: config.DRIFT_SAMPLE_RATE, windowRows: config.DRIFT_WINDOW_ROWS },
     log,
   });
   const models = await store.open();
@@ -94,7 +97,13 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }
-  const accuracy = new OnlineAccuracy({ serviceVersion: config.SERVICE_VERSION });
+  const accuracy = new OnlineAccuracy({
+    serviceVersion: config.SERVICE_VERSION,
+    attributionMs: config.ACCURACY_ATTRIBUTION_S * 1000,
+    minLists: config.ACCURACY_MIN_LISTS,
+  });
+  // Clicks and purchases, as the feature service accepts them, for the join with the answers served.
+  const outcomes = new OutcomeFeed(redis, (o) => accuracy.outcome(o.userId, o.itemId, o.atMs), { commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, log });
   const exposures = experiments
     ? new ExposureRecorder({
         client: experiments,
@@ -113,7 +122,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     store,
     cache,
     features,
-    retrieval: config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined,
+    retrieval: new CandidateReader(config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined, { k: config.CANDIDATES_K }),
     popular,
     variants,
     admission: new Admission(config.MAX_CONCURRENT, config.SHED_QUEUE_DELAY_MS),
@@ -122,7 +131,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   const close = async () => {
     accuracy.close();
     popular.close();
-    await Promise.all([store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
+    await Promise.all([outcomes.close(), store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
   };
   return { predictor, store, cache, variants, close };
 }
