@@ -16,7 +16,8 @@ import { freePort, startProcess, type Started } from "../scripts/lib/processes.j
 import { startRedis } from "../test/support/redis.js";
 import { createServiceClient } from "../services/kit/index.js";
 import { recentKey, rowKey, stateKey } from "../services/feature/keys.js";
-import { connectRedis, waitUntilReady, type RedisClient } from "../services/feature/redis.js";
+import { featureScripts } from "../services/feature/lua.js";
+import { connectRedis, type RedisClient } from "../services/kit/redis.js";
 import { measure, percentile, ratio, summarize, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
@@ -259,8 +260,7 @@ const suite: BenchSuite = {
         warmupMs: 2_000,
         extra: { commands: 3 + 2 * 200 },
       });
-      const batched = connectRedis({ REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: 10_000 });
-      await waitUntilReady(batched, 5_000);
+      const batched = await connectRedis({ REDIS_URL: redis.url }, { commandTimeoutMs: 10_000, readyTimeoutMs: 5_000, scripts: featureScripts });
       const rawBatched = await measure("raw ioredis, the service's batched commands: 1 user + 200 items", (i) => rawBatchedRead(batched, requests[i % requests.length]!), {
         durationMs: seconds * 1000,
         concurrency,

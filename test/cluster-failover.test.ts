@@ -12,7 +12,8 @@ import { EventSchema, FeatureService } from "../gen/recsys/feature/v1/feature_pb
 import { waitClusterHealthy } from "../scripts/lib/redis-cluster.js";
 import { appendEvents } from "../services/feature/ingest.js";
 import { partitionOf, streamKey } from "../services/feature/keys.js";
-import { connectRedis, waitUntilReady } from "../services/feature/redis.js";
+import { featureScripts } from "../services/feature/lua.js";
+import { createRedis, waitUntilReady } from "../services/kit/redis.js";
 import { createServiceClient, type RunningServer } from "../services/kit/index.js";
 import { startFeatureService } from "../services/feature/server.js";
 import { event, eventually, readOne, serving } from "../services/feature/test/helpers.js";
@@ -109,7 +110,7 @@ describe("feature service on a Redis Cluster when a master dies under load", () 
     // With INGEST_REPLICA_ACKS a batch is accepted only once a replica holds it: the
     // promoted master has none while the old one is down, so the victim partition's
     // batches are refused (the writers keep resending them) until it rejoins as a replica.
-    const redis = connectRedis({ ...cluster.env, REDIS_COMMAND_TIMEOUT_MS: 5_000 });
+    const redis = createRedis(cluster.env, { commandTimeoutMs: 5_000, scripts: featureScripts });
     const direct: string[] = [];
     try {
       await waitUntilReady(redis, 10_000);
