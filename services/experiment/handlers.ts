@@ -4,7 +4,7 @@ import {
   ExperimentStatus,
   type Experiment,
 } from "../../gen/recsys/experiment/v1/experiment_pb.js";
-import { Code, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
+import { Code, implement, invalidArgument, Reason, requireAdmin, statusError } from "../kit/index.js";
 import type { Assigner } from "./assigner.js";
 import type { ExperimentConfig } from "./config.js";
 import { prepareDefinition } from "./definitions.js";
@@ -53,14 +53,14 @@ export function experimentService({ config, store, assigner }: ExperimentDeps) {
       const snapshot = await store.snapshot();
       const stored = snapshot.experiments.find((e) => e.id === input.id);
       if (mode === "create" && stored) {
-        throw statusError(Code.AlreadyExists, "EXPERIMENT_EXISTS", `experiment "${input.id}" already exists (revision ${stored.revision}); use UpdateExperiment`);
+        throw statusError(Code.AlreadyExists, Reason.ExperimentExists, `experiment "${input.id}" already exists (revision ${stored.revision}); use UpdateExperiment`);
       }
       if (mode === "update") {
-        if (!stored) throw statusError(Code.NotFound, "EXPERIMENT_NOT_FOUND", `no experiment "${input.id}"`);
+        if (!stored) throw statusError(Code.NotFound, Reason.ExperimentNotFound, `no experiment "${input.id}"`);
         if (input.revision !== stored.revision) {
           throw statusError(
             Code.Aborted,
-            "STALE_REVISION",
+            Reason.StaleRevision,
             `experiment "${input.id}": revision ${input.revision} is stale, the stored one is ${stored.revision}; read it again and retry`,
           );
         }
@@ -72,7 +72,7 @@ export function experimentService({ config, store, assigner }: ExperimentDeps) {
         return next;
       }
     }
-    throw statusError(Code.Aborted, "CONCURRENT_CHANGE", "experiment definitions kept changing during the write; retry");
+    throw statusError(Code.Aborted, Reason.ConcurrentChange, "experiment definitions kept changing during the write; retry");
   };
 
   const admin = (ctx: HandlerContext) => requireAdmin(ctx.requestHeader, config);
@@ -133,7 +133,7 @@ export function experimentService({ config, store, assigner }: ExperimentDeps) {
         const { userId, experimentId } = request.outcomes[index]!;
         return statusError(
           Code.FailedPrecondition,
-          "USER_NOT_EXPOSED",
+          Reason.UserNotExposed,
           `outcomes[${index}].user_id: user "${userId}" was never exposed to experiment "${experimentId}"; record the exposure first (nothing in this request was recorded)`,
           { field: `outcomes[${index}].user_id` },
         );
@@ -160,7 +160,7 @@ export function experimentService({ config, store, assigner }: ExperimentDeps) {
 
     async getResults(request) {
       const experiment = await definition(request.experimentId);
-      if (!experiment) throw statusError(Code.NotFound, "EXPERIMENT_NOT_FOUND", `no experiment "${request.experimentId}"`);
+      if (!experiment) throw statusError(Code.NotFound, Reason.ExperimentNotFound, `no experiment "${request.experimentId}"`);
       const metric = request.metric || experiment.primaryMetric;
       if (!metric) throw invalidArgument("metric", `experiment "${experiment.id}" has no primary_metric; name the metric`);
       const aggregates = await store.aggregates(experiment.id, metric);

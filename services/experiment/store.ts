@@ -6,7 +6,7 @@ import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { ReplyError } from "ioredis";
 import { Counter } from "prom-client";
 import { ExperimentSchema, type Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
-import { Code, ConnectError, registry, statusError, type Logger } from "../kit/index.js";
+import { Code, ConnectError, registry, Reason, statusError, type Logger } from "../kit/index.js";
 import type { RedisClient } from "../kit/redis.js";
 import type { VariantAggregate } from "./results.js";
 
@@ -100,7 +100,7 @@ export const experimentScripts = {
 function storeError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof ReplyError) return new ConnectError("experiment store error", Code.Internal, undefined, undefined, err);
-  return statusError(Code.Unavailable, "STORE_UNAVAILABLE", `experiment store (Redis) unavailable: ${(err as Error).message}`);
+  return statusError(Code.Unavailable, Reason.StoreUnavailable, `experiment store (Redis) unavailable: ${(err as Error).message}`);
 }
 
 async function guarded<T>(work: () => Promise<T>): Promise<T> {

@@ -1,5 +1,5 @@
 import type { ChainableCommander } from "ioredis";
-import { Code, statusError } from "../kit/index.js";
+import { Code, Reason, statusError } from "../kit/index.js";
 
 /** Runs a MULTI (or pipeline) and returns its replies, throwing the first command error. */
 export async function execAll(chain: ChainableCommander): Promise<unknown[]> {
@@ -14,5 +14,5 @@ export async function execAll(chain: ChainableCommander): Promise<unknown[]> {
 /** A Redis failure as the status callers see: UNAVAILABLE with a reason, never a hang. */
 export function unavailable(err: unknown) {
   const message = err instanceof Error ? err.message : String(err);
-  return statusError(Code.Unavailable, "FEATURE_STORE_UNAVAILABLE", `feature store (Redis) unavailable: ${message}`);
+  return statusError(Code.Unavailable, Reason.FeatureStoreUnavailable, `feature store (Redis) unavailable: ${message}`);
 }

@@ -7,6 +7,7 @@
 import { createPublicKey, verify, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Code, statusError } from "./errors.js";
+import { Reason } from "./reasons.js";
 
 /** The issuer and audience of the tokens the edge accepts (envoy/security.ts uses the same). */
 export const JWT_ISSUER = "https://auth.recsys.local";
@@ -63,5 +64,5 @@ export function requireAdmin(requestHeader: Headers, credentials: AdminCredentia
   const bearer = header.startsWith("Bearer ") ? header.slice("Bearer ".length) : "";
   if (bearer && credentials.ADMIN_TOKEN && bearer === credentials.ADMIN_TOKEN) return;
   if (bearer && credentials.JWKS_PATH && verifiedClaims(bearer, credentials.JWKS_PATH)?.role === "admin") return;
-  throw statusError(Code.Unauthenticated, "ADMIN_TOKEN_REQUIRED", "admin call: needs a bearer token with role admin");
+  throw statusError(Code.Unauthenticated, Reason.AdminTokenRequired, "admin call: needs a bearer token with role admin");
 }

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import { create } from "@bufbuild/protobuf";
+import { Reason } from "./reasons.js";
 
 export { Code, ConnectError };
 
@@ -8,7 +9,7 @@ export { Code, ConnectError };
  * Builds a gRPC status error with a machine-readable reason (google.rpc.ErrorInfo),
  * so callers branch on the reason, not on the message text.
  */
-export function statusError(code: Code, reason: string, message: string, metadata: Record<string, string> = {}): ConnectError {
+export function statusError(code: Code, reason: Reason, message: string, metadata: Record<string, string> = {}): ConnectError {
   return new ConnectError(message, code, undefined, [
     { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason, domain: "recsys", metadata }) },
   ]);
@@ -16,7 +17,7 @@ export function statusError(code: Code, reason: string, message: string, metadat
 
 /** INVALID_ARGUMENT naming the field. */
 export function invalidArgument(field: string, message: string): ConnectError {
-  return statusError(Code.InvalidArgument, "INVALID_ARGUMENT", `${field}: ${message}`, { field });
+  return statusError(Code.InvalidArgument, Reason.InvalidArgument, `${field}: ${message}`, { field });
 }
 
 /** Any thrown value as a ConnectError; unknown errors become INTERNAL without leaking details. */
@@ -41,8 +42,8 @@ export class MalformedRequest {
   /** INVALID_ARGUMENT with BadRequest (field "(message)") and ErrorInfo MALFORMED_REQUEST. */
   toError(): ConnectError {
     return new ConnectError(`malformed request: ${this.subject}: ${this.problem}`, Code.InvalidArgument, undefined, [
-      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [{ field: "(message)", description: this.problem, reason: "MALFORMED_REQUEST" }] }) },
-      { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: "MALFORMED_REQUEST", domain: "recsys", metadata: { subject: this.subject } }) },
+      { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: [{ field: "(message)", description: this.problem, reason: Reason.MalformedRequest }] }) },
+      { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: Reason.MalformedRequest, domain: "recsys", metadata: { subject: this.subject } }) },
     ]);
   }
 }

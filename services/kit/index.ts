@@ -1,6 +1,7 @@
 export { baseConfigShape, loadConfig, ConfigError, type BaseConfig } from "./config.js";
 export { createLogger, type Logger } from "./log.js";
 export { Code, ConnectError, statusError, invalidArgument, asConnectError } from "./errors.js";
+export { Reason } from "./reasons.js";
 export { requireAdmin, verifiedClaims, JWT_ISSUER, JWT_AUDIENCE, type AdminCredentials } from "./auth.js";
 export { validationError } from "./validation.js";
 export { registry, startMetricsServer } from "./metrics.js";

@@ -2,6 +2,7 @@ import { create, type DescMessage, type MessageShape } from "@bufbuild/protobuf"
 import { createValidator, type Violation } from "@bufbuild/protovalidate";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
+import { Reason } from "./reasons.js";
 
 const validator = createValidator();
 
@@ -41,6 +42,6 @@ export function validationError<D extends DescMessage>(schema: D, message: Messa
   const text = violations.map((v) => `${v.field}: ${v.description}`).join("; ");
   return new ConnectError(`invalid ${schema.name}: ${text}`, Code.InvalidArgument, undefined, [
     { desc: BadRequestSchema, value: create(BadRequestSchema, { fieldViolations: violations }) },
-    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: "INVALID_ARGUMENT", domain: "recsys", metadata: { field: violations[0]?.field ?? "" } }) },
+    { desc: ErrorInfoSchema, value: create(ErrorInfoSchema, { reason: Reason.InvalidArgument, domain: "recsys", metadata: { field: violations[0]?.field ?? "" } }) },
   ]);
 }

@@ -1,5 +1,5 @@
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { Code, ConnectError, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
+import { Code, ConnectError, implement, invalidArgument, Reason, requireAdmin, statusError } from "../kit/index.js";
 import { ModelLoadError } from "./models.js";
 import type { PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
@@ -37,7 +37,7 @@ export function predictionService({ config, predictor, cache, store }: Predictio
         const { l1Removed, l2Removed } = await cache.invalidate(request.all ? "all" : request.userIds);
         return { l1Removed: BigInt(l1Removed), l2Removed: BigInt(l2Removed) };
       } catch (err) {
-        throw statusError(Code.Unavailable, "CACHE_UNAVAILABLE", `the L2 prediction cache (Redis) did not answer: ${(err as Error).message}`);
+        throw statusError(Code.Unavailable, Reason.CacheUnavailable, `the L2 prediction cache (Redis) did not answer: ${(err as Error).message}`);
       }
     },
 
@@ -46,7 +46,7 @@ export function predictionService({ config, predictor, cache, store }: Predictio
       try {
         return { modelVersions: (await store.reload()).versions };
       } catch (err) {
-        if (err instanceof ModelLoadError) throw statusError(Code.FailedPrecondition, "MODEL_LOAD_FAILED", `${err.message}; the current models keep serving`);
+        if (err instanceof ModelLoadError) throw statusError(Code.FailedPrecondition, Reason.ModelLoadFailed, `${err.message}; the current models keep serving`);
         throw err instanceof ConnectError ? err : new ConnectError("model reload failed", Code.Internal, undefined, undefined, err);
       }
     },

@@ -2,7 +2,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { ConnectError } from "@connectrpc/connect";
 import { Priority, type RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import { CacheLevel, FallbackLevel, PredictRequestSchema, type PredictRequest, type PredictResponseSchema } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { Code, Deadline, activeTraceId, invalidArgument, statusError, type Logger } from "../kit/index.js";
+import { Code, Deadline, Reason, activeTraceId, invalidArgument, statusError, type Logger } from "../kit/index.js";
 import type { Admission } from "./admission.js";
 import type { ExposureRecorder } from "./exposures.js";
 import type { OnlineAccuracy } from "./online-accuracy.js";
@@ -318,7 +318,7 @@ export class Predictor {
         const priority = Priority[plan.priority === Priority.UNSPECIFIED ? Priority.NORMAL : plan.priority].toLowerCase();
         if (whenShed === "reject" && plan.priority === Priority.LOW) {
           shed.inc({ version: this.version, priority, action: "rejected" });
-          throw statusError(Code.ResourceExhausted, "OVERLOADED", "overloaded: low-priority predictions are shed; retry later");
+          throw statusError(Code.ResourceExhausted, Reason.Overloaded, "overloaded: low-priority predictions are shed; retry later");
         }
         shed.inc({ version: this.version, priority, action: "degraded" });
         return this.cheapAnswer(call, "overloaded: shed by admission");

@@ -6,7 +6,7 @@ import {
   type Filter,
   type SearchRequest,
 } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
-import { Code, implement, invalidArgument, requireAdmin, statusError } from "../kit/index.js";
+import { Code, implement, invalidArgument, Reason, requireAdmin, statusError } from "../kit/index.js";
 import type { EmbeddingTable } from "../kit/artifacts.js";
 import { fuseCandidates, interleave, toColumns, type SourceResult, type SourcedItem } from "./candidates.js";
 import type { RetrievalConfig } from "./config.js";
@@ -97,7 +97,7 @@ export interface RetrievalDeps {
 export function retrievalService({ config, resources }: RetrievalDeps) {
   const ready = (): RetrievalResources => {
     const loaded = resources();
-    if (!loaded) throw statusError(Code.Unavailable, "INDEX_NOT_READY", "the index is still being built or loaded; retry shortly");
+    if (!loaded) throw statusError(Code.Unavailable, Reason.IndexNotReady, "the index is still being built or loaded; retry shortly");
     return loaded;
   };
 
@@ -118,12 +118,12 @@ export function retrievalService({ config, resources }: RetrievalDeps) {
         return { vector: vectorArgument(query.value.values, index.dim, "embedding.values") };
       case "userId": {
         const vector = userVector(users, query.value, index.dim);
-        if (!vector) throw statusError(Code.NotFound, "USER_NOT_FOUND", `user ${JSON.stringify(query.value)} has no embedding`, { user_id: query.value });
+        if (!vector) throw statusError(Code.NotFound, Reason.UserNotFound, `user ${JSON.stringify(query.value)} has no embedding`, { user_id: query.value });
         return { vector };
       }
       case "itemId": {
         const vector = index.vectorOf(query.value);
-        if (!vector) throw statusError(Code.NotFound, "ITEM_NOT_FOUND", `item ${JSON.stringify(query.value)} is not in the index`, { item_id: query.value });
+        if (!vector) throw statusError(Code.NotFound, Reason.ItemNotFound, `item ${JSON.stringify(query.value)} is not in the index`, { item_id: query.value });
         return { vector, self: query.value };
       }
       default:

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { Code, statusError, type Logger } from "../kit/index.js";
+import { Code, Reason, statusError, type Logger } from "../kit/index.js";
 import { ItemIndex, newIndexVersion, type HnswParams, type ItemRows, type ItemUpsert } from "./item-index.js";
 import { observeIndex, rebuildReplayedOps, rebuildSeconds, replicatedOpsApplied } from "./metrics.js";
 import { compareIds, type OpsStream, type StreamEntry } from "./ops-log.js";
@@ -162,14 +162,14 @@ export class IndexStore {
     try {
       id = await replication.stream.append(op);
     } catch (err) {
-      throw statusError(Code.Unavailable, "INDEX_LOG_UNAVAILABLE", `the replicated index log (Redis) is unavailable; nothing was written: ${(err as Error).message}`);
+      throw statusError(Code.Unavailable, Reason.IndexLogUnavailable, `the replicated index log (Redis) is unavailable; nothing was written: ${(err as Error).message}`);
     }
     const done = this.recentResults.get(id);
     if (done) return done;
     return new Promise<OpResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
-        reject(statusError(Code.Unavailable, "INDEX_LOG_LAGGING", `logged as ${id} but not applied by this replica within ${replication.applyWaitMs} ms; it will be`));
+        reject(statusError(Code.Unavailable, Reason.IndexLogLagging, `logged as ${id} but not applied by this replica within ${replication.applyWaitMs} ms; it will be`));
       }, replication.applyWaitMs);
       this.waiting.set(id, (result) => {
         clearTimeout(timer);
