@@ -10,7 +10,7 @@ import { Device, Platform } from "../gen/recsys/common/v1/common_pb.js";
 import { ExperimentService, ExperimentStatus, type ExperimentSchema } from "../gen/recsys/experiment/v1/experiment_pb.js";
 import { freePort, startProcess } from "../scripts/lib/processes.js";
 import { createServiceClient } from "../services/kit/index.js";
-import { createAssigner } from "../services/experiment/assigner.js";
+import { createAssigner, loadAssignerConfig } from "../services/experiment/assigner.js";
 import { startRedis } from "../test/support/redis.js";
 import { ghz, ratio, summarize, type BenchSuite, type ScenarioResult } from "./harness.js";
 
@@ -46,7 +46,7 @@ const suite: BenchSuite = {
       env: { GRPC_PORT: String(port), REDIS_URL: redis.url, ADMIN_TOKEN: TOKEN, HOLDOUT_PERCENT: "2", LOG_LEVEL: "info" },
       waitFor: /listening/,
     });
-    const assigner = await createAssigner({ redisUrl: redis.url, holdoutPercent: 2 });
+    const assigner = await createAssigner(loadAssignerConfig({ REDIS_URL: redis.url, HOLDOUT_PERCENT: "2" }));
     try {
       const client = createServiceClient(ExperimentService, `127.0.0.1:${port}`);
       for (const experiment of definitions) {

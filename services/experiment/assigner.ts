@@ -8,7 +8,7 @@
 import { Counter, Gauge } from "prom-client";
 import { z } from "zod";
 import type { Experiment } from "../../gen/recsys/experiment/v1/experiment_pb.js";
-import { createLogger, registry, type Logger } from "../kit/index.js";
+import { createLogger, loadConfig, registry, type Logger } from "../kit/index.js";
 import { assign, compile, type AssignContext, type AssignResult, type CompiledDefinitions, type HoldoutSettings } from "./assignment.js";
 import { closeRedis, connectRedis, redisConfigShape, type RedisClient } from "../kit/redis.js";
 import { CHANGES_CHANNEL, ExperimentStore, experimentScripts } from "./store.js";
@@ -30,18 +30,11 @@ export const assignerConfigShape = {
   REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(10).default(1_000),
 };
 
-export interface AssignerOptions {
-  redisUrl: string;
-  /** REDIS_CLUSTER_NODES: Redis Cluster through these seed nodes (credentials and TLS from redisUrl). */
-  redisClusterNodes?: string | undefined;
-  /** Global holdout in percent; must match the experiment service's HOLDOUT_PERCENT. */
-  holdoutPercent?: number;
-  /** Must match the experiment service's HOLDOUT_SALT. */
-  holdoutSalt?: string;
-  /** Safety-net reload period (EXPERIMENTS_REFRESH_MS). */
-  refreshMs?: number;
-  commandTimeoutMs?: number;
-  log?: Logger;
+export type AssignerConfig = z.infer<z.ZodObject<typeof assignerConfigShape>>;
+
+/** The assigner's settings from the environment (defaults for what is unset). */
+export function loadAssignerConfig(env: Record<string, string | undefined>): AssignerConfig {
+  return loadConfig(assignerConfigShape, env);
 }
 
 export interface Assigner {
@@ -72,12 +65,10 @@ const reloads = new Counter({
  * Connects to Redis, loads the definitions and keeps them fresh. Rejects when Redis
  * cannot be reached at start; later Redis outages keep the last definitions.
  */
-export async function createAssigner(options: AssignerOptions): Promise<Assigner> {
-  const log = options.log ?? createLogger("experiment-assigner");
-  const commandTimeoutMs = options.commandTimeoutMs ?? 1_000;
-  const holdout: HoldoutSettings = { percent: options.holdoutPercent ?? 0, salt: options.holdoutSalt ?? "global" };
-  const settings = { REDIS_URL: options.redisUrl, REDIS_CLUSTER_NODES: options.redisClusterNodes };
-  const redis = await connectRedis(settings, { commandTimeoutMs, name: "experiment-assigner", log, scripts: experimentScripts });
+export async function createAssigner(config: AssignerConfig, log: Logger = createLogger("experiment-assigner")): Promise<Assigner> {
+  const commandTimeoutMs = config.REDIS_COMMAND_TIMEOUT_MS;
+  const holdout: HoldoutSettings = { percent: config.HOLDOUT_PERCENT, salt: config.HOLDOUT_SALT };
+  const redis = await connectRedis(config, { commandTimeoutMs, name: "experiment-assigner", log, scripts: experimentScripts });
   let subscriber: RedisClient | undefined;
   const store = new ExperimentStore(redis, log);
 
@@ -117,7 +108,7 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
 
   try {
     await refresh();
-    subscriber = await connectRedis(settings, { commandTimeoutMs, name: "experiment-assigner-changes", subscriber: true, log });
+    subscriber = await connectRedis(config, { commandTimeoutMs, name: "experiment-assigner-changes", subscriber: true, log });
     subscriber.on("message", () => void refreshInBackground("change notice"));
     await subscriber.subscribe(CHANGES_CHANNEL);
     // Notices sent while the subscriber was disconnected are lost: reload on reconnect.
@@ -132,7 +123,7 @@ export async function createAssigner(options: AssignerOptions): Promise<Assigner
       (version) => (version !== loadedVersion ? refreshInBackground("periodic check") : undefined),
       (err: Error) => log.debug({ err: err.message }, "periodic definitions check failed"),
     );
-  }, options.refreshMs ?? 30_000);
+  }, config.EXPERIMENTS_REFRESH_MS);
   timer.unref();
 
   return {

@@ -11,15 +11,7 @@ export async function startExperimentService(env: Record<string, string | undefi
   const config = loadExperimentConfig(env);
   const log = createLogger("experiment", config.LOG_LEVEL);
   const redis = await connectRedis(config, { commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, name: "experiment", log, scripts: experimentScripts });
-  const assigner = await createAssigner({
-    redisUrl: config.REDIS_URL,
-    redisClusterNodes: config.REDIS_CLUSTER_NODES,
-    holdoutPercent: config.HOLDOUT_PERCENT,
-    holdoutSalt: config.HOLDOUT_SALT,
-    refreshMs: config.EXPERIMENTS_REFRESH_MS,
-    commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
-    log,
-  }).catch(async (err: unknown) => {
+  const assigner = await createAssigner(config, log).catch(async (err: unknown) => {
     await closeRedis(redis);
     throw err;
   });

@@ -1,6 +1,6 @@
 import { Worker } from "node:worker_threads";
 import type { InferenceSession } from "onnxruntime-node";
-import { ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile, type ModelManifest, type ModelReference } from "./models.js";
+import { LoadedModel, ModelLoadError, checkGraphInterface, readModelFile, sessionOptions, type ModelFile } from "./models.js";
 
 export interface ScoredBatch {
   scores: Float32Array;
@@ -30,23 +30,17 @@ const RESTART_DELAY_MS = 1000;
  * on the calling thread; off the event loop, a 30 ms batch no longer stalls every
  * other request, and the rankers of one request run in parallel on separate cores.
  */
-export class WorkerModel {
-  readonly name: string;
-  readonly version: string;
-  readonly id: string;
-  readonly manifest: ModelManifest;
-  readonly featureCount: number;
-  readonly reference: ModelReference | undefined;
+export class WorkerModel extends LoadedModel {
   private worker: Worker | undefined;
   private readonly pending = new Map<number, Waiter>();
   private nextId = 0;
   private released = false;
 
   private constructor(
-    private readonly file: ModelFile,
+    file: ModelFile,
     private readonly threads: number,
   ) {
-    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount, reference: this.reference } = file);
+    super(file);
   }
 
   static async load(dir: string, threads: number): Promise<WorkerModel> {

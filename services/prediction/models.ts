@@ -222,6 +222,20 @@ export function sessionOptions(threads = 1): ort.InferenceSession.SessionOptions
   return { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all" };
 }
 
+/** What a loaded model tells of itself, from its verified files (whichever thread runs its session). */
+export abstract class LoadedModel {
+  readonly name: string;
+  readonly version: string;
+  readonly id: string;
+  readonly manifest: ModelManifest;
+  readonly featureCount: number;
+  readonly reference: ModelReference | undefined;
+
+  protected constructor(protected readonly file: ModelFile) {
+    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount, reference: this.reference } = file);
+  }
+}
+
 /**
  * A verified ONNX ranker with its session on the calling thread: one float32 matrix
  * input [rows, features] and one score output per row, as its manifest declares.
@@ -231,19 +245,12 @@ export function sessionOptions(threads = 1): ort.InferenceSession.SessionOptions
  * thread that calls score(); a server keeps it off its event loop (see
  * services/prediction/inference.ts).
  */
-export class OnnxModel {
-  readonly name: string;
-  readonly version: string;
-  readonly id: string;
-  readonly manifest: ModelManifest;
-  readonly featureCount: number;
-  readonly reference: ModelReference | undefined;
-
+export class OnnxModel extends LoadedModel {
   private constructor(
-    private readonly file: ModelFile,
+    file: ModelFile,
     private readonly session: ort.InferenceSession,
   ) {
-    ({ name: this.name, version: this.version, id: this.id, manifest: this.manifest, featureCount: this.featureCount, reference: this.reference } = file);
+    super(file);
   }
 
   /** Loads models/<name>/<version>/ (the directory holding model.onnx and manifest.json). */

@@ -69,15 +69,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   const experiments = config.EXPERIMENT_ADDR ? createServiceClient(ExperimentService, config.EXPERIMENT_ADDR) : undefined;
   const variants = new VariantResolver(
     experiments,
-    {
-      redisUrl: config.REDIS_URL,
-      redisClusterNodes: config.REDIS_CLUSTER_NODES,
-      holdoutPercent: config.HOLDOUT_PERCENT,
-      holdoutSalt: config.HOLDOUT_SALT,
-      refreshMs: config.EXPERIMENTS_REFRESH_MS,
-      commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
-      log,
-    },
+    config,
     log,
   );
   variants.start();

@@ -2,7 +2,7 @@ import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import type { RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
 import type { ExperimentService, VariantConfig } from "../../gen/recsys/experiment/v1/experiment_pb.js";
-import { createAssigner, type Assigner, type AssignerOptions } from "../experiment/assigner.js";
+import { createAssigner, type Assigner, type AssignerConfig } from "../experiment/assigner.js";
 import { invalidArgument, type Logger } from "../kit/index.js";
 import { DEFAULT_VARIANT, changesRanking, fromExperiment, type ExplicitVariant, type Variant } from "./variants.js";
 
@@ -45,13 +45,13 @@ export class VariantResolver {
 
   constructor(
     private readonly client: Client<typeof ExperimentService> | undefined,
-    private readonly assignerOptions: AssignerOptions,
+    private readonly assignerConfig: AssignerConfig,
     private readonly log: Logger,
   ) {}
 
   /** Connects the in-process assigner, retrying in the background while Redis is unreachable. */
   start(): void {
-    createAssigner(this.assignerOptions).then(
+    createAssigner(this.assignerConfig, this.log).then(
       (assigner) => {
         if (this.closed) return void assigner.close();
         this.assigner = assigner;

@@ -4,7 +4,7 @@ import { Device, Platform } from "../../../gen/recsys/common/v1/common_pb.js";
 import { ExperimentService, ExperimentStatus, type Experiment, type VariantConfig } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import { createServiceClient, type RunningServer } from "../../kit/index.js";
-import { createAssigner, type Assigner } from "../assigner.js";
+import { createAssigner, loadAssignerConfig, type Assigner } from "../assigner.js";
 import type { AssignmentResult } from "../assignment.js";
 import { startExperimentService } from "../server.js";
 import { reference } from "./fixtures/scipy-reference.js";
@@ -49,7 +49,7 @@ describe("experiment service over gRPC with a real Redis", () => {
     client = createServiceClient(ExperimentService, `127.0.0.1:${server.port}`);
     // The prediction service's view: its own connections and cache; the periodic refresh is
     // far away, so only the pub/sub notice can bring it changes during the test.
-    library = await createAssigner({ redisUrl: redis.env.REDIS_URL, redisClusterNodes: redis.env.REDIS_CLUSTER_NODES, holdoutPercent: 3, refreshMs: 60_000 });
+    library = await createAssigner(loadAssignerConfig({ ...redis.env, HOLDOUT_PERCENT: "3", EXPERIMENTS_REFRESH_MS: "60000" }));
   });
   afterAll(async () => {
     await library?.close();
