@@ -21,6 +21,7 @@ import {
   upstreamTls,
 } from "./security.js";
 import { pkiLayout, type Pki } from "../scripts/lib/pki.js";
+import { MIRRORED_AUTHORITY } from "../services/prediction/shadow.js";
 import { ROOT } from "../scripts/lib/tools.js";
 
 type Target = "local" | "k8s";
@@ -417,6 +418,8 @@ function failoverRoute(spec: ServiceSpec, version: string): Obj {
   const retry = policy.retry_policy as Obj;
   return {
     cluster: failoverName(spec, version),
+    // The app sees the service's name, never the caller's authority (see the mirrored routes).
+    host_rewrite_literal: spec.name,
     ...policy,
     retry_policy: {
       ...retry,
@@ -619,12 +622,17 @@ export function renderEdge(target: Target): Obj {
     { runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: `routing.prediction.prediction-${canary}` } },
     failoverRoute(prediction, canary),
   );
-  const toStable = serviceRoutes(prediction, {}, {
-    ...failoverRoute(prediction, stable),
-    request_mirror_policies: [
-      { cluster: `prediction-${canary}`, runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: "routing.prediction.shadow_percent" } },
-    ],
-  });
+  // Shadow traffic: routing.prediction.shadow_percent of the stable version's calls are
+  // also mirrored to the canary (whose answer Envoy drops). The pair is marked by its
+  // authority, which the edge sets on every prediction route so a caller cannot forge
+  // it: the primary sees MIRRORED_AUTHORITY, the mirror the same plus Envoy's "-shadow",
+  // and the two meet in Redis to be compared (services/prediction/shadow.ts).
+  const mirrored = serviceRoutes(
+    prediction,
+    { runtime_fraction: { default_value: { numerator: 0, denominator: "HUNDRED" }, runtime_key: "routing.prediction.shadow_percent" } },
+    { ...failoverRoute(prediction, stable), host_rewrite_literal: MIRRORED_AUTHORITY, request_mirror_policies: [{ cluster: `prediction-${canary}` }] },
+  );
+  const toStable = serviceRoutes(prediction, {}, failoverRoute(prediction, stable));
   const otherRoutes = services.filter((s) => s.name !== "prediction").flatMap((s) => serviceRoutes(s, {}, callRoute(s.name, s)));
   // Health and reflection at the edge describe the product: prediction, answered by
   // whichever version is up.
@@ -646,7 +654,7 @@ export function renderEdge(target: Target): Obj {
           name: "recsys",
           domains: ["*"],
           typed_per_filter_config: corsPolicy(),
-          routes: [...forced, ...toCanary, ...toStable, ...otherRoutes, ...infraRoutes],
+          routes: [...forced, ...toCanary, ...mirrored, ...toStable, ...otherRoutes, ...infraRoutes],
         },
       ],
     },

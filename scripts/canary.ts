@@ -1,6 +1,7 @@
 // `npm run canary -- [--steps 10,25,50] [--interval-s 10] [--report file] ...`: moves
 // traffic from prediction-v1 to prediction-v2 step by step, with the gates and the
-// report of scripts/lib/canary.ts.
+// report of scripts/lib/canary.ts. --mirror-percent N mirrors N% of v1's live calls to
+// v2 during the gate step; the report shows how their answers compared.
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
@@ -23,6 +24,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
       "min-overlap": { type: "string", default: String(defaultGates.minOverlap) },
       "max-score-drift": { type: "string", default: String(defaultGates.maxScoreDrift) },
       "min-requests": { type: "string", default: String(defaultGates.minRequests) },
+      "mirror-percent": { type: "string", default: "0" },
       report: { type: "string", default: join(ROOT, "bench", "results", "canary-report.json") },
     },
   });
@@ -43,6 +45,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
       maxScoreDrift: Number(values["max-score-drift"]),
       minRequests: Number(values["min-requests"]),
     },
+    mirrorPercent: Number(values["mirror-percent"]),
     reportFile: values.report!,
   });
   console.log(formatReport(report));

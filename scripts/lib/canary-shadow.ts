@@ -5,7 +5,7 @@
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FallbackLevel, PredictionService, type PredictResponse } from "../../gen/recsys/prediction/v1/prediction_pb.js";
-import { jaccard, rankBiasedOverlap, scoreDrift } from "./canary-stats.js";
+import { jaccard, rankBiasedOverlap, scoreDrift } from "../../services/prediction/rank-agreement.js";
 
 export type Version = "v1" | "v2";
 

@@ -28,7 +28,20 @@ export interface AppCounters {
   answers: Record<string, Record<string, number>>;
   /** Cumulative bucket counts per stage, by upper bound in seconds (Infinity last). */
   stages: Record<string, { le: number; count: number }[]>;
+  /** Mirrored (edge shadow) pairs this app compared: counts and the sums of their per-pair figures. */
+  mirrored: MirroredCounters;
 }
+
+export interface MirroredCounters {
+  compared: number;
+  fallback: number;
+  overlapSum: number;
+  rboSum: number;
+  driftSum: number;
+  driftCount: number;
+}
+
+const sum = (samples: { value: number }[]) => samples.reduce((s, x) => s + x.value, 0);
 
 export async function readAppCounters(metricsUrl: string): Promise<AppCounters> {
   const text = await fetch(metricsUrl, { signal: AbortSignal.timeout(5000) }).then((r) => r.text());
@@ -43,7 +56,16 @@ export async function readAppCounters(metricsUrl: string): Promise<AppCounters> 
     (stages[labels.stage ?? ""] ??= []).push({ le, count: value });
   }
   for (const buckets of Object.values(stages)) buckets.sort((a, b) => a.le - b.le);
-  return { answers, stages };
+  const pairs = series(text, "recsys_prediction_shadow_pairs_total");
+  const mirrored: MirroredCounters = {
+    compared: sum(pairs.filter((p) => p.labels.result === "compared")),
+    fallback: sum(pairs.filter((p) => p.labels.result === "fallback")),
+    overlapSum: sum(series(text, "recsys_prediction_shadow_overlap_sum")),
+    rboSum: sum(series(text, "recsys_prediction_shadow_rbo_sum")),
+    driftSum: sum(series(text, "recsys_prediction_shadow_score_drift_sum")),
+    driftCount: sum(series(text, "recsys_prediction_shadow_score_drift_count")),
+  };
+  return { answers, stages, mirrored };
 }
 
 /** What happened between two readings. */
@@ -57,7 +79,8 @@ export function countersSince(now: AppCounters, before: AppCounters): AppCounter
     const old = new Map((before.stages[stage] ?? []).map((b) => [b.le, b.count]));
     stages[stage] = buckets.map((b) => ({ le: b.le, count: b.count - (old.get(b.le) ?? 0) }));
   }
-  return { answers, stages };
+  const mirrored = Object.fromEntries(Object.entries(now.mirrored).map(([k, v]) => [k, v - before.mirrored[k as keyof MirroredCounters]])) as unknown as MirroredCounters;
+  return { answers, stages, mirrored };
 }
 
 /** Wilson score interval of a proportion, at z standard errors. */
@@ -109,32 +132,3 @@ export function slowerShare(v1: { le: number; count: number }[] | undefined, v2:
   return { thresholdMs: bound.le * 1000, n1, slow1: n1 - within(v1), n2, slow2: n2 - within(v2) };
 }
 
-/** |A ∩ B| / |A ∪ B| of two top lists. */
-export function jaccard(a: string[], b: string[]): number {
-  const setA = new Set(a);
-  const common = b.filter((x) => setA.has(x)).length;
-  const union = setA.size + b.length - common;
-  return union === 0 ? 1 : common / union;
-}
-
-/** Rank-biased overlap (Webber et al.) to the lists' depth, p = 0.9, scaled so that equal lists score 1. */
-export function rankBiasedOverlap(a: string[], b: string[], p = 0.9): number {
-  const depth = Math.min(a.length, b.length);
-  if (depth === 0) return 1;
-  let sum = 0;
-  let weight = 0;
-  for (let d = 1; d <= depth; d++) {
-    const seen = new Set(a.slice(0, d));
-    const agreement = b.slice(0, d).filter((x) => seen.has(x)).length / d;
-    sum += p ** (d - 1) * agreement;
-    weight += p ** (d - 1);
-  }
-  return sum / weight;
-}
-
-/** Mean |score v2 - score v1| over the items both lists hold; null when they share none. */
-export function scoreDrift(a: { itemId: string; score: number }[], b: { itemId: string; score: number }[]): number | null {
-  const scores = new Map(a.map((i) => [i.itemId, i.score]));
-  const diffs = b.filter((i) => scores.has(i.itemId)).map((i) => Math.abs(i.score - scores.get(i.itemId)!));
-  return diffs.length ? diffs.reduce((s, d) => s + d, 0) / diffs.length : null;
-}

@@ -86,6 +86,12 @@ export interface CanaryOptions {
   /** Shadow pairs in flight at once, and at most this many a second (default 2 and 5). */
   shadowConcurrency?: number;
   shadowPairsPerSecond?: number;
+  /**
+   * Share of v1's live calls the edge mirrors to v2 during the gate step (0: none).
+   * Their comparison is reported, not gated on: the mirrored share follows live
+   * traffic, so the paired calls above stay the quality gate's evidence.
+   */
+  mirrorPercent?: number;
   /** The JSON report goes here (directories created). */
   reportFile?: string;
   log?: (line: string) => void;
@@ -106,6 +112,8 @@ export interface StepFigures {
   /** Per miss stage: v1's p90 bound, each version's calls and slow calls, and v2's slow share minus v1's. */
   missLatency: Record<string, { thresholdMs: number; v1: { n: number; slow: number }; v2: { n: number; slow: number }; increase: Interval }>;
   shadow: { pairs: number; skipped: number; lastSkip: string; overlap: Interval | null; rbo: number | null; drift: Interval | null };
+  /** The edge's mirrored traffic (shadow_percent), compared by the apps: pairs and mean figures. */
+  mirrored: { pairs: number; fallback: number; overlap: number | null; rbo: number | null; drift: number | null };
 }
 
 export interface StepReport {
@@ -178,7 +186,9 @@ function figures(
   skips: string[],
   g: CanaryGates,
 ): StepFigures {
-  const out: StepFigures = { edge: null, cacheLevels: {}, missLatency: {}, shadow: { pairs: pairs.length, skipped: skips.length, lastSkip: skips.at(-1) ?? "", overlap: null, rbo: null, drift: null } };
+  const out: StepFigures = { edge: null, cacheLevels: {}, missLatency: {}, shadow: { pairs: pairs.length, skipped: skips.length, lastSkip: skips.at(-1) ?? "", overlap: null, rbo: null, drift: null },
+    mirrored: { pairs: 0, fallback: 0, overlap: null, rbo: null, drift: null },
+  };
   if (edge) {
     const failed = edge.errors + edge.retries;
     const bound = wilson(Math.min(failed, edge.total), edge.total, g.zStop);
@@ -200,6 +210,14 @@ function figures(
     const d = differenceInterval(slow.slow2, slow.n2, slow.slow1, slow.n1, g.zStop);
     out.missLatency[stage] = { thresholdMs: slow.thresholdMs, v1: { n: slow.n1, slow: slow.slow1 }, v2: { n: slow.n2, slow: slow.slow2 }, increase: interval(d.diff, d.low, d.high) };
   }
+  const m = [apps.v1.mirrored, apps.v2.mirrored].reduce((a, b) => Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v + b[k as keyof typeof b]])) as typeof a);
+  out.mirrored = {
+    pairs: m.compared,
+    fallback: m.fallback,
+    overlap: m.compared > 0 ? m.overlapSum / m.compared : null,
+    rbo: m.compared > 0 ? m.rboSum / m.compared : null,
+    drift: m.driftCount > 0 ? m.driftSum / m.driftCount : null,
+  };
   if (pairs.length > 0) {
     const overlap = meanInterval(pairs.map((p) => p.overlap), g.zQuality);
     out.shadow.overlap = interval(overlap.mean, overlap.low, overlap.high);
@@ -325,7 +343,8 @@ async function runPhase(o: CanaryOptions, g: CanaryGates, weight: number, probe:
   }
   const durationMs = Date.now() - started;
   await shadow;
-  f ??= figures(null, { v1: { answers: {}, stages: {} }, v2: { answers: {}, stages: {} } }, pairs, skips, g);
+  const none = (): AppCounters => ({ answers: {}, stages: {}, mirrored: { compared: 0, fallback: 0, overlapSum: 0, rboSum: 0, driftSum: 0, driftCount: 0 } });
+  f ??= figures(null, { v1: none(), v2: none() }, pairs, skips, g);
   return { weight, startedMs: started - runStarted, durationMs, decision, reason: reason || "every figure within its limit", figures: f };
 }
 
@@ -353,7 +372,9 @@ export async function runCanary(o: CanaryOptions): Promise<CanaryReport> {
   report.warm = await probe.warm(o.warmUsers ?? users.slice(0, 300), 8);
   log(`canary: warmed v2 with ${report.warm.calls} replayed calls (${report.warm.answeredByV2} answered by v2)`);
   const shadowUsers = o.shadowUsers ?? shadowSample(users, 200);
-  const gate = await runPhase(o, g, 0, probe, shadowUsers, runStarted);
+  const mirror = (percent: number) => setRuntime(o.edgeAdmin, { "routing.prediction.shadow_percent": percent });
+  if (o.mirrorPercent) await mirror(o.mirrorPercent);
+  const gate = await runPhase(o, g, 0, probe, shadowUsers, runStarted).finally(() => (o.mirrorPercent ? mirror(0) : undefined));
   report.steps.push(gate);
   if (gate.decision !== "pass") {
     log(`canary: refused before any shift: ${gate.reason}`);
@@ -395,11 +416,12 @@ export function formatReport(r: CanaryReport): string {
       worstStage ? `${worstStage[0]} ${pct(worstStage[1].increase.value)} [${pct(worstStage[1].increase.low)}, ${pct(worstStage[1].increase.high)}]` : "-",
       `${num(f.shadow.overlap?.value)} [${num(f.shadow.overlap?.low)}] / ${f.shadow.pairs}`,
       num(f.shadow.drift?.value, 3),
+      f.mirrored.pairs + f.mirrored.fallback > 0 ? `${num(f.mirrored.overlap)} / ${num(f.mirrored.rbo)} / ${num(f.mirrored.drift, 3)} (${f.mirrored.pairs})` : "-",
       s.decision,
       s.reason.replace(/\|/g, "/"),
     ];
   });
-  const header = ["step", "at", "took", "v2 calls", "v2 failed [99.7% bounds]", "answers v2/v1 by cache", "miss fallback Δ", "slowest miss stage Δ (share past v1 p90)", "overlap [low] / pairs", "drift", "decision", "why"];
+  const header = ["step", "at", "took", "v2 calls", "v2 failed [99.7% bounds]", "answers v2/v1 by cache", "miss fallback Δ", "slowest miss stage Δ (share past v1 p90)", "overlap [low] / pairs", "drift", "mirrored overlap / RBO / drift (pairs)", "decision", "why"];
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [line(header), line(header.map(() => "---")), ...rows.map(line), "", `outcome: ${r.outcome}: ${r.reason}`].join("\n");
 }

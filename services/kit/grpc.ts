@@ -127,7 +127,7 @@ class GrpcHandlerContext implements HandlerContext {
   constructor(
     readonly service: DescService,
     readonly method: DescMethod,
-    readonly url: string,
+    private readonly path: string,
     private readonly call: AnyCall,
   ) {
     const deadline = call.getDeadline();
@@ -156,6 +156,11 @@ class GrpcHandlerContext implements HandlerContext {
   }
 
   readonly timeoutMs = (): number | undefined => (this.deadlineMs === undefined ? undefined : Math.max(0, this.deadlineMs - Date.now()));
+
+  /** As connect-node gives it: the request's authority and path (built when asked). */
+  get url(): string {
+    return `http://${this.call.getHost()}${this.path}`;
+  }
 
   get requestHeader(): Headers {
     return (this.lazyRequestHeader ??= new Headers(headersFrom(this.call.metadata)));

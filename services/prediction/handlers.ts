@@ -5,6 +5,7 @@ import type { PredictionCache } from "./cache.js";
 import type { PredictionConfig } from "./config.js";
 import type { ModelStore } from "./model-store.js";
 import type { Predictor } from "./predictor.js";
+import { mirrorRole } from "./shadow.js";
 
 export interface PredictionDeps {
   config: PredictionConfig;
@@ -20,7 +21,9 @@ export function predictionService({ config, predictor, cache, store }: Predictio
   return implement(PredictionService, {
     async predict(request, ctx) {
       ctx.responseHeader.set(SERVICE_VERSION_HEADER, config.SERVICE_VERSION);
-      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), "reject");
+      const role = mirrorRole(ctx.url);
+      const mirror = role && { role, requestId: ctx.requestHeader.get("x-request-id") ?? "" };
+      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), "reject", mirror || undefined);
     },
 
     async predictBatch(request, ctx) {

@@ -6,6 +6,7 @@ import { Code, Deadline, Reason, activeTraceId, invalidArgument, statusError, ty
 import type { Admission } from "./admission.js";
 import type { ExposureRecorder } from "./exposures.js";
 import type { OnlineAccuracy } from "./online-accuracy.js";
+import type { MirrorRole, ShadowPairing } from "./shadow.js";
 import type { VariantResolver } from "./variant-resolver.js";
 import type { CacheHit, CacheKey, CacheLevelName, CachedItem, CachedPrediction, PredictionCache } from "./cache.js";
 import type { CandidateReader } from "./candidates.js";
@@ -194,6 +195,8 @@ export interface PredictorDeps {
   accuracy: OnlineAccuracy;
   /** Told the experiment variant of every answer served; none without an experiment service. */
   exposures?: ExposureRecorder;
+  /** Told the answers to mirrored calls (shadow traffic), to pair them; none without Redis settings. */
+  shadow?: ShadowPairing;
   log: Logger;
 }
 
@@ -235,7 +238,7 @@ export class Predictor {
   }
 
   /** One answer. */
-  async predict(plan: Plan, timeoutMs: number | undefined, whenShed: WhenShed): Promise<PredictAnswer> {
+  async predict(plan: Plan, timeoutMs: number | undefined, whenShed: WhenShed, mirror?: { role: MirrorRole; requestId: string }): Promise<PredictAnswer> {
     const started = performance.now();
     const budget = new Budget(Math.max(0, (timeoutMs ?? this.deps.config.DEFAULT_DEADLINE_MS) - RESPONSE_RESERVE_MS));
     const stages = new Stages(this.version);
@@ -257,16 +260,20 @@ export class Predictor {
       const reason = [resolved.degraded, outcome.reason].filter(Boolean).join("; ");
       predictions.inc({ version: this.version, rung: RUNG_NAMES[outcome.rung], cache: CacheLevel[outcome.cacheLevel].toLowerCase() });
       const served = outcome.items.slice(0, plan.num);
-      this.deps.accuracy.served({
-        requestId: activeTraceId() || undefined,
-        userId: plan.userId,
-        items: served,
-        variant: outcome.variant,
-        modelVersions: outcome.modelVersions,
-        atMs: Date.now(),
-      });
-      // A queue append, never a wait: the answer does not depend on the experiment service.
-      if (outcome.experimentId) this.deps.exposures?.record({ experimentId: outcome.experimentId, variant: outcome.variant, userId: plan.userId });
+      if (mirror?.requestId) this.deps.shadow?.offer(mirror.role, mirror.requestId, outcome.rung, served);
+      // A shadow's answer reaches nobody: no exposure, nothing to click.
+      if (mirror?.role !== "shadow") {
+        this.deps.accuracy.served({
+          requestId: activeTraceId() || undefined,
+          userId: plan.userId,
+          items: served,
+          variant: outcome.variant,
+          modelVersions: outcome.modelVersions,
+          atMs: Date.now(),
+        });
+        // A queue append, never a wait: the answer does not depend on the experiment service.
+        if (outcome.experimentId) this.deps.exposures?.record({ experimentId: outcome.experimentId, variant: outcome.variant, userId: plan.userId });
+      }
       return {
         predictions: served.map((item, i) => ({ ...item, rank: i + 1 })),
         metadata: {

@@ -17,6 +17,7 @@ import { ModelStore } from "./model-store.js";
 import { PopularCopy } from "./popular.js";
 import { OnlineAccuracy } from "./online-accuracy.js";
 import { Predictor } from "./predictor.js";
+import { ShadowPairing } from "./shadow.js";
 
 /**
  * Everything Predict needs, loaded and warmed: models, caches, upstream clients,
@@ -107,10 +108,12 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
         log,
       })
     : undefined;
+  const shadow = new ShadowPairing(redis, config.SERVICE_VERSION, { commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS, log });
   const predictor = new Predictor({
     config,
     accuracy,
     exposures,
+    shadow,
     store,
     cache,
     features,
@@ -123,6 +126,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   const close = async () => {
     accuracy.close();
     popular.close();
+    shadow.close();
     await Promise.all([outcomes.close(), store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
   };
   return { predictor, store, cache, variants, close };
