@@ -10,7 +10,7 @@
 // the events are accepted and its failures never fail the ingest.
 import { EventType } from "../../gen/recsys/common/v1/common_pb.js";
 import type { Logger } from "./log.js";
-import { createRedis, type RedisClient, type RedisSettings } from "./redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "./redis.js";
 
 /** One key, so one Cluster slot. */
 export const OUTCOMES_STREAM_KEY = "{recsys:outcomes}";
@@ -100,7 +100,8 @@ export class OutcomeFeed {
 
   async close(): Promise<void> {
     this.stopped = true;
-    this.redis.disconnect();
+    // Blocked in XREAD: a QUIT would wait for the block to end.
+    await closeRedis(this.redis, { immediately: true });
     await this.done;
   }
 }

@@ -125,9 +125,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   });
   const close = async () => {
     accuracy.close();
-    popular.close();
-    shadow.close();
-    await Promise.all([outcomes.close(), store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
+    await Promise.all([popular.close(), shadow.close(), outcomes.close(), store.close(), cache.close(), variants.close(), exposures?.close(2_000)]);
   };
   return { predictor, store, cache, variants, close };
 }

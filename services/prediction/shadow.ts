@@ -10,7 +10,7 @@
 // never comes (the shadow failed) expires.
 import { Counter, Histogram } from "prom-client";
 import { registry, type Logger } from "../kit/index.js";
-import { createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
+import { closeRedis, createRedis, type RedisClient, type RedisSettings } from "../kit/redis.js";
 import { FallbackLevel } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { jaccard, rankBiasedOverlap, scoreDrift } from "./rank-agreement.js";
 
@@ -140,7 +140,7 @@ export class ShadowPairing {
     if (drift !== null) shadowScoreDrift.observe(labels, drift);
   }
 
-  close(): void {
-    this.redis.disconnect();
+  close(): Promise<void> {
+    return closeRedis(this.redis);
   }
 }

@@ -8,6 +8,7 @@ import { startRedis, type TestRedis } from "../../../test/support/redis.js";
 import { startFeatureService } from "../../feature/server.js";
 import { createServiceClient, registry, type RunningServer } from "../../kit/index.js";
 import { FeatureReader } from "../features.js";
+import { waitServing } from "../../../scripts/lib/mesh.js";
 
 const EVENTUALLY = { timeout: 20_000, interval: 50 };
 const VERSION = "item-features-test";
@@ -46,7 +47,9 @@ describe("item feature cache", () => {
   beforeAll(async () => {
     redis = await startRedis();
     feature = await startFeatureService({ GRPC_PORT: "0", LOG_LEVEL: "silent", REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: "5000" });
-  });
+    // The feature service listens before its Redis connection is up (NOT_SERVING until then).
+    await waitServing(`127.0.0.1:${feature.port}`, "", 30_000);
+  }, 60_000);
   afterAll(async () => {
     await feature?.shutdown();
     await redis?.stop();
