@@ -32,11 +32,13 @@ const ENVOY_UID = 101;
 const RATELIMIT_UID = 65534;
 /**
  * Secrets the overlays provide (dev generates them; prod creates them out of band):
- * Redis's URL for the apps, and its host:port (and password, if any) in the form
- * envoyproxy/ratelimit reads.
+ * Redis's URL for the apps, on a Redis Cluster its seed nodes (optional: absent, the
+ * apps use the one Redis of the URL), and its host:port (and password, if any) in the
+ * form envoyproxy/ratelimit reads.
  */
 export const SECRETS = {
   redis: { name: "recsys-redis", key: "url" },
+  redisClusterNodes: { name: "recsys-redis", key: "cluster-nodes" },
   rateLimitRedis: { name: "recsys-redis", key: "address" },
   rateLimitRedisPassword: { name: "recsys-redis", key: "password" },
 };
@@ -148,9 +150,13 @@ function sidecar(spec: ServiceSpec, version: string, withIngress: boolean): Obj 
   };
 }
 
-function secretEnv(name: string, secret: { name: string; key: string }): Obj {
-  return { name, valueFrom: { secretKeyRef: { name: secret.name, key: secret.key } } };
+function secretEnv(name: string, secret: { name: string; key: string }, optional = false): Obj {
+  return { name, valueFrom: { secretKeyRef: { name: secret.name, key: secret.key, ...(optional ? { optional } : {}) } } };
 }
+
+/** Where a Redis client finds Redis: the URL, and the cluster's nodes when the secret names them. */
+const redisEnv = (work: Workload): Obj[] =>
+  work.redis ? [secretEnv("REDIS_URL", SECRETS.redis), secretEnv("REDIS_CLUSTER_NODES", SECRETS.redisClusterNodes, true)] : [];
 
 const plainEnv = (vars: Record<string, string>) => Object.entries(vars).map(([name, value]) => ({ name, value }));
 
@@ -174,7 +180,7 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
       // The app's spans join its Envoys' in the same Zipkin (sampled as Envoy decided).
       OTEL_EXPORTER_ZIPKIN_ENDPOINT: ZIPKIN_SPANS_URL,
     }),
-    ...(work.redis ? [secretEnv("REDIS_URL", SECRETS.redis)] : []),
+    ...redisEnv(work),
   ];
 }
 
@@ -182,7 +188,7 @@ function appEnv(spec: ServiceSpec, version: string, work: Workload): Obj[] {
 function jobEnv(spec: ServiceSpec, job: BatchJob, work: Workload): Obj[] {
   return [
     ...plainEnv({ LOG_LEVEL: "info", ...(spec.versions.length > 1 ? { SERVICE_VERSION: job.version } : {}), ...upstreamEnv(podPorts, spec, job.version, job.upstreams) }),
-    ...(work.redis ? [secretEnv("REDIS_URL", SECRETS.redis)] : []),
+    ...redisEnv(work),
   ];
 }
 
@@ -400,7 +406,7 @@ function renderRateLimit(): Obj[] {
         env: [
           ...env,
           secretEnv("REDIS_URL", SECRETS.rateLimitRedis),
-          { name: "REDIS_AUTH", valueFrom: { secretKeyRef: { ...SECRETS.rateLimitRedisPassword, optional: true } } },
+          secretEnv("REDIS_AUTH", SECRETS.rateLimitRedisPassword, true),
         ],
         ports: [
           { name: "grpc", containerPort: podPorts.rateLimitGrpc },

@@ -1,7 +1,7 @@
 // The Kubernetes manifests: k8s/base rendered from the topology, both overlays built
 // with kustomize and validated against the Kubernetes API schemas, and the rules
 // every workload must follow checked on what kustomize actually outputs.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { parse, parseAllDocuments } from "yaml";
@@ -13,7 +13,8 @@ import { ENVOY_IMAGE, ENVOY_STATS_PORT, MONITORING_NAMESPACE, NAMESPACE, PKI_ROO
 import { jobs } from "../k8s/workloads.js";
 import { ensurePki } from "../scripts/lib/pki.js";
 import { renderRateLimitConfig } from "../scripts/lib/ratelimit.js";
-import { runCommand } from "../scripts/lib/processes.js";
+import { freePort, runCommand, startProcess, type Started } from "../scripts/lib/processes.js";
+import { waitClusterHealthy } from "../scripts/lib/redis-cluster.js";
 import { ROOT, TOOLS_BIN, tool } from "../scripts/lib/tools.js";
 import { baseConfigShape, loadConfig } from "../services/kit/index.js";
 import { experimentConfigShape } from "../services/experiment/config.js";
@@ -32,6 +33,9 @@ const configShapes: Record<string, Record<string, unknown>> = {
 
 /** The oldest Kubernetes the manifests target: native sidecars and preStop sleep are GA or on by default. */
 const KUBERNETES_VERSION = "1.33";
+/** The in-cluster Redis Cluster's client port and cluster bus (components/redis-cluster). */
+const REDIS_CLUSTER_PORT = 6379;
+const REDIS_CLUSTER_BUS_PORT = 16379;
 const kustomize = join(TOOLS_BIN, "kustomize");
 const validator = join(ROOT, ".tools", "venv", "bin", "kubernetes-validate");
 for (const path of [kustomize, validator]) {
@@ -49,7 +53,7 @@ interface K8sObject {
   automountServiceAccountToken?: boolean;
 }
 
-const overlays = ["dev", "prod"] as const;
+const overlays = ["dev", "prod", "dev-cluster"] as const;
 const built = Object.fromEntries(
   await Promise.all(
     overlays.map(async (overlay) => {
@@ -246,10 +250,13 @@ describe.each(overlays)("overlay %s", (overlay) => {
         const ref = e.valueFrom.secretKeyRef;
         // dev generates the secrets (kustomize adds a hash suffix); prod expects them created beforehand.
         const secret = secrets.find((s) => s.metadata.name === ref.name);
-        if (overlay === "dev") expect(secret?.data?.[ref.key], `${e.name} from ${ref.name}`).toBeDefined();
-        else expect(Object.values(SECRETS).some((s) => s.name === ref.name && s.key === ref.key), ref.name).toBe(true);
-        return [e.name, secret ? Buffer.from(secret.data![ref.key]!, "base64").toString() : e.name === "REDIS_URL" ? "rediss://redis.example:6380" : "a-production-token"];
-      }),
+        expect(Object.values(SECRETS).some((s) => s.name === ref.name.replace(/-[a-z0-9]{10}$/, "") && s.key === ref.key), ref.name).toBe(true);
+        const value = secret?.data?.[ref.key];
+        // An optional key may be absent (the cluster's nodes, on a single Redis): the variable is then unset.
+        if (overlay !== "prod" && !ref.optional) expect(value, `${e.name} from ${ref.name}`).toBeDefined();
+        if (!secret) return ref.optional ? [] : [e.name, e.name === "REDIS_URL" ? "rediss://redis.example:6380" : "a-production-token"];
+        return value === undefined ? [] : [e.name, Buffer.from(value, "base64").toString()];
+      }).filter((entry: string[]) => entry.length > 0),
     );
     expect(() => loadConfig(shape as typeof baseConfigShape, env)).not.toThrow();
   });
@@ -333,7 +340,7 @@ describe.each(overlays)("overlay %s", (overlay) => {
     expect(allowed(stranger, podOf("edge"), podPorts.edge)).toBe(true);
     expect(allowed(prometheus, podOf("edge"), ENVOY_STATS_PORT)).toBe(true);
     // Redis: its clients (and only they) reach it, wherever it runs.
-    const redis: Endpoint = overlay === "dev" ? podOf("redis") : { namespace: "managed-redis", labels: {} };
+    const redis: Endpoint = overlay === "prod" ? { namespace: "managed-redis", labels: {} } : podOf(overlay === "dev" ? "redis" : "redis-cluster");
     for (const { service, pod } of pods) {
       expect(allowed(pod, redis, 6379), `${service.name} -> redis`).toBe(pod.labels[REDIS_CLIENT_LABEL] === "true");
     }
@@ -344,6 +351,14 @@ describe.each(overlays)("overlay %s", (overlay) => {
     for (const { id, pod } of pods) expect(allowed(pod, podOf("ratelimit"), podPorts.rateLimitGrpc), `${id} -> ratelimit`).toBe(false);
     expect(allowed(stranger, podOf("ratelimit"), podPorts.rateLimitGrpc)).toBe(false);
     expect(allowed(podOf("ratelimit"), redis, 6379)).toBe(true);
+    if (overlay === "dev-cluster") {
+      // The nodes replicate (6379) and gossip (the cluster bus, 16379) with each other; clients never need the bus.
+      for (const port of [REDIS_CLUSTER_PORT, REDIS_CLUSTER_BUS_PORT]) expect(allowed(redis, redis, port), `redis-cluster -> redis-cluster ${port}`).toBe(true);
+      for (const { service, pod } of pods) expect(allowed(pod, redis, REDIS_CLUSTER_BUS_PORT), `${service.name} -> cluster bus`).toBe(false);
+      expect(allowed(podOf("redis-cluster-bootstrap"), redis, REDIS_CLUSTER_PORT)).toBe(true);
+      expect(allowed(stranger, redis, REDIS_CLUSTER_PORT)).toBe(false);
+      expect(allowed(redis, podOf("feature"), podPorts.ingress("", ""))).toBe(false);
+    }
   });
 
   it("mounts each Envoy's own certificate and the CA where its config reads them, the JWKS where the edge and the apps read it, and the key nowhere else", () => {
@@ -411,6 +426,163 @@ describe.each(overlays)("overlay %s", (overlay) => {
         expect(named("ConfigMap", volume.configMap.name).data!["envoy.yaml"]).toBe(envoyFile(instanceId(job.service, job.version)));
       }
     }
+  });
+});
+
+describe("Redis Cluster (components/redis-cluster, overlay dev-cluster)", () => {
+  const { objects } = built["dev-cluster"];
+  const named = (kind: string, name: string) => objects.find((o) => o.kind === kind && o.metadata.name.replace(/-[a-z0-9]{10}$/, "") === name)!;
+  const statefulSet = named("StatefulSet", "redis-cluster");
+  const pod = statefulSet.spec!.template.spec;
+  const node = pod.containers[0];
+  const configMap = named("ConfigMap", "redis-cluster");
+  const bootstrap = named("Job", "redis-cluster-bootstrap");
+  const secret = named("Secret", "recsys-redis");
+  const secretValue = (key: string) => Buffer.from(secret.data![key]!, "base64").toString();
+  /** The pods' DNS names, as the headless Service gives them. */
+  const nodeNames = Array.from({ length: 6 }, (_, i) => `${statefulSet.metadata.name}-${i}.${statefulSet.spec!.serviceName}.${NAMESPACE}.svc.cluster.local:${REDIS_CLUSTER_PORT}`);
+  const envOf = (container: Obj) => Object.fromEntries((container.env ?? []).map((e: Obj) => [e.name, e.value ?? e.valueFrom]));
+
+  it("runs 6 nodes on volumes of their own behind a headless Service published before readiness, one down at a time", () => {
+    expect(statefulSet.spec!.replicas).toBe(6);
+    const service = named("Service", statefulSet.spec!.serviceName);
+    expect(service.spec!.clusterIP).toBe("None");
+    expect(service.spec!.publishNotReadyAddresses).toBe(true);
+    expect(service.spec!.ports.map((p: Obj) => p.port)).toEqual([REDIS_CLUSTER_PORT, REDIS_CLUSTER_BUS_PORT]);
+    const claim = statefulSet.spec!.volumeClaimTemplates[0].metadata.name;
+    expect(node.volumeMounts.find((m: Obj) => m.name === claim).mountPath).toBe("/data");
+    const budgets = objects.filter((o) => o.kind === "PodDisruptionBudget" && matches(o.spec!.selector, statefulSet.spec!.template.metadata.labels));
+    expect(budgets.map((b) => b.spec!.maxUnavailable)).toEqual([1]);
+    // The single Redis of overlays/dev is gone.
+    expect(objects.filter((o) => o.metadata.name === "redis").map((o) => o.kind)).toEqual([]);
+  });
+
+  it("configures cluster mode, append-only persistence, and hostnames that survive a reschedule", () => {
+    const conf = Object.fromEntries(configMap.data!["redis.conf"]!.split("\n").filter((l) => /^[a-z]/.test(l)).map((l) => [l.split(" ")[0], l.slice(l.indexOf(" ") + 1)]));
+    expect(conf).toMatchObject({ "cluster-enabled": "yes", "cluster-node-timeout": "5000", appendonly: "yes", "cluster-preferred-endpoint-type": "hostname", port: String(REDIS_CLUSTER_PORT) });
+    expect(node.command).toEqual(["sh", "/etc/redis-cluster/start-node.sh"]);
+    const env = envOf(node);
+    // Each node announces its own pod DNS name, the one the seeds list.
+    const announced = nodeNames.map((_, i) => `${env.ANNOUNCE_HOSTNAME.replace("$(POD_NAME)", `${statefulSet.metadata.name}-${i}`).replace("$(POD_NAMESPACE)", NAMESPACE)}:${REDIS_CLUSTER_PORT}`);
+    expect(announced).toEqual(nodeNames);
+    expect(env.POD_IP).toEqual({ fieldRef: { fieldPath: "status.podIP" } });
+  });
+
+  it("points every Redis client at the cluster: the apps and jobs by REDIS_CLUSTER_NODES, the rate limit service in cluster mode", () => {
+    expect(secretValue(SECRETS.redisClusterNodes.key)).toBe(nodeNames.join(","));
+    const clients = objects.flatMap((o) => {
+      const template = o.kind === "CronJob" ? o.spec!.jobTemplate.spec.template.spec : o.spec?.template?.spec;
+      return template ? containers(template).filter((c) => envOf(c).REDIS_URL && c.name !== "ratelimit").map((c) => ({ at: `${o.metadata.name} ${c.name}`, env: envOf(c) })) : [];
+    });
+    // Every app with Redis, and every job step.
+    expect(clients.length).toBeGreaterThanOrEqual(instances.filter((i) => i.service.name !== "echo").length + 3);
+    for (const { at, env } of clients) expect(env.REDIS_CLUSTER_NODES?.secretKeyRef, at).toMatchObject({ name: secret.metadata.name, key: SECRETS.redisClusterNodes.key });
+    const ratelimit = envOf(named("Deployment", "ratelimit").spec!.template.spec.containers[0]);
+    expect(ratelimit.REDIS_TYPE).toBe("CLUSTER");
+    expect(ratelimit.REDIS_PIPELINE_WINDOW).toMatch(/^[1-9]\d*(us|ms)$/);
+    expect(secretValue(ratelimit.REDIS_URL.secretKeyRef.key)).toBe(nodeNames.join(","));
+    // Feature's partitions spread over the 3 masters, the same in the materialize job; accepted events reach a replica.
+    const feature = envOf(named("Deployment", "feature").spec!.template.spec.containers.find((c: Obj) => c.name === "app"));
+    expect(Number(feature.PARTITIONS)).toBeGreaterThanOrEqual(6);
+    expect(feature.INGEST_REPLICA_ACKS).toBe("1");
+    expect(containers(named("Job", "materialize").spec!.template.spec).map((c) => envOf(c).PARTITIONS)).toEqual(jobs.find((j) => j.name === "materialize")!.commands.map(() => feature.PARTITIONS));
+    // The single-Redis overlays are as they were.
+    for (const overlay of ["dev", "prod"] as const) {
+      const deployments = built[overlay].objects.filter((o) => o.kind === "Deployment");
+      expect(envOf(deployments.find((d) => d.metadata.name === "ratelimit")!.spec!.template.spec.containers[0]).REDIS_TYPE, overlay).toBe("SINGLE");
+      expect(envOf(deployments.find((d) => d.metadata.name === "feature")!.spec!.template.spec.containers[0]).PARTITIONS, overlay).toBeUndefined();
+    }
+  });
+
+  it("forms the cluster with a job that waits for the 6 nodes and names them all", () => {
+    const job = bootstrap.spec!.template.spec.containers[0];
+    expect(job.command).toEqual(["sh", "/etc/redis-cluster/bootstrap.sh"]);
+    expect(envOf(job).CLUSTER_NODES.trim().split(/\s+/)).toEqual(nodeNames);
+    expect(envOf(job).CLUSTER_REPLICAS).toBe("1");
+    expect(bootstrap.spec!.template.metadata.labels[REDIS_CLIENT_LABEL]).toBe("true");
+    const volume = bootstrap.spec!.template.spec.volumes.find((v: Obj) => v.name === job.volumeMounts[0].name);
+    expect(volume.configMap.name).toBe(configMap.metadata.name);
+  });
+
+  describe("the ConfigMap's scripts, run on loopback against 6 real redis-servers", () => {
+    const dir = join(work, "redis-cluster");
+    const scripts = join(dir, "scripts");
+    const redisBin = dirname(tool("redis-server"));
+    const running = new Map<number, Started>();
+    let ports: number[] = [];
+    let busPorts: number[] = [];
+    const seeds = () => ports.map((p) => `localhost:${p}`).join(" ");
+
+    /** Starts a node the way the pod does (start-node.sh with the ConfigMap's redis.conf), on loopback ports. */
+    const startNode = async (i: number) => {
+      const data = join(dir, `node-${i}`);
+      mkdirSync(data, { recursive: true });
+      const started = await startProcess("sh", [join(scripts, "start-node.sh"), "--port", String(ports[i]), "--cluster-port", String(busPorts[i]), "--bind", "127.0.0.1"], {
+        env: { ANNOUNCE_HOSTNAME: "localhost", REDIS_CONF: join(scripts, "redis.conf"), DATA_DIR: data, PATH: `${redisBin}:${process.env.PATH}` },
+        waitFor: /Ready to accept connections/,
+      });
+      running.set(i, started);
+    };
+    const runBootstrap = () => runCommand("env", [`CLUSTER_NODES=${seeds()}`, "WAIT_S=60", `PATH=${redisBin}:${process.env.PATH}`, "sh", join(scripts, "bootstrap.sh")], 90_000);
+    const nodeIds = async () => Promise.all(ports.map(async (port) => (await runCommand(join(redisBin, "redis-cli"), ["-p", String(port), "cluster", "myid"])).stdout.trim()));
+    const stopAll = () => Promise.all([...running.values()].map((p) => p.stop()));
+
+    beforeAll(async () => {
+      mkdirSync(scripts, { recursive: true });
+      for (const [file, text] of Object.entries(configMap.data!)) writeFileSync(join(scripts, file), text);
+      const free = new Set<number>();
+      while (free.size < 12) free.add(await freePort());
+      [ports, busPorts] = [[...free].slice(0, 6), [...free].slice(6)];
+      await Promise.all(ports.map((_, i) => startNode(i)));
+    }, 60_000);
+    afterAll(stopAll);
+
+    it("forms the cluster once; a second run changes nothing", async () => {
+      const first = await runBootstrap();
+      expect(first.code, first.stdout + first.stderr).toBe(0);
+      expect(first.stdout).toContain("forming the cluster");
+      await waitClusterHealthy(ports, 60_000);
+      const ids = await nodeIds();
+      const second = await runBootstrap();
+      expect(second.code, second.stdout + second.stderr).toBe(0);
+      expect(second.stdout).toContain("the cluster is already formed: nothing to do");
+      expect(second.stdout).not.toContain("forming the cluster");
+      expect(await nodeIds()).toEqual(ids);
+      await waitClusterHealthy(ports, 60_000);
+    }, 180_000);
+
+    it("rejoins when every node restarts and the addresses in nodes.conf are stale (all pods rescheduled)", async () => {
+      await stopAll();
+      for (let i = 0; i < ports.length; i++) {
+        const file = join(dir, `node-${i}`, "nodes.conf");
+        // Every peer moved: 127.0.0.9 has no node listening (they bind 127.0.0.1).
+        const stale = readFileSync(file, "utf8").split("\n").map((line) => (line.includes("myself") ? line : line.replace(/ 127\.0\.0\.1:/, " 127.0.0.9:")));
+        expect(stale.filter((line) => line.includes(" 127.0.0.9:")).length).toBe(5);
+        writeFileSync(file, stale.join("\n"));
+      }
+      await Promise.all(ports.map((_, i) => startNode(i)));
+      await waitClusterHealthy(ports, 60_000);
+    }, 120_000);
+
+    it("adds a node that lost its volume back as a replica, and leaves the rest alone", async () => {
+      const replica = await (async () => {
+        for (let i = 0; i < ports.length; i++) {
+          const { stdout } = await runCommand(join(redisBin, "redis-cli"), ["-p", String(ports[i]), "role"]);
+          if (stdout.startsWith("slave")) return i;
+        }
+        throw new Error("no replica");
+      })();
+      await running.get(replica)!.stop("SIGKILL");
+      rmSync(join(dir, `node-${replica}`), { recursive: true, force: true });
+      await startNode(replica);
+      const run = await runBootstrap();
+      expect(run.code, run.stdout + run.stderr).toBe(0);
+      expect(run.stdout).toContain(`adding localhost:${ports[replica]} to the cluster as a replica`);
+      expect(run.stdout).not.toContain("forming the cluster");
+      await waitClusterHealthy(ports, 60_000);
+      const { stdout } = await runCommand(join(redisBin, "redis-cli"), ["-p", String(ports[replica]), "role"]);
+      expect(stdout.startsWith("slave")).toBe(true);
+    }, 120_000);
   });
 });
 
