@@ -123,6 +123,7 @@ class GrpcHandlerContext implements HandlerContext {
   private lazyResponseHeader: Headers | undefined;
   private lazyResponseTrailer: Headers | undefined;
   private lazyValues: ContextValues | undefined;
+  private finished = false;
 
   constructor(
     readonly service: DescService,
@@ -133,7 +134,10 @@ class GrpcHandlerContext implements HandlerContext {
     const deadline = call.getDeadline();
     const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
     this.deadlineMs = Number.isFinite(deadlineMs) ? deadlineMs : undefined;
-    call.on("cancelled", () => this.abort(new ConnectError("cancelled by the client", Code.Canceled)));
+    // grpc-js reports "cancelled" after every call's status too; only one before it is the caller's.
+    call.once("cancelled", () => {
+      if (!this.finished) this.abort(new ConnectError("cancelled by the client", Code.Canceled));
+    });
   }
 
   get signal(): AbortSignal {
@@ -198,6 +202,7 @@ class GrpcHandlerContext implements HandlerContext {
   }
 
   finish(): void {
+    this.finished = true;
     clearTimeout(this.deadlineTimer);
   }
 }
