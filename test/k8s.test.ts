@@ -525,7 +525,15 @@ describe("Redis Cluster (components/redis-cluster, overlay dev-cluster)", () => 
     };
     const runBootstrap = () => runCommand("env", [`CLUSTER_NODES=${seeds()}`, "WAIT_S=60", `PATH=${redisBin}:${process.env.PATH}`, "sh", join(scripts, "bootstrap.sh")], 90_000);
     const nodeIds = async () => Promise.all(ports.map(async (port) => (await runCommand(join(redisBin, "redis-cli"), ["-p", String(port), "cluster", "myid"])).stdout.trim()));
-    const stopAll = () => Promise.all([...running.values()].map((p) => p.stop()));
+    // SIGTERM lets a master wait for its replicas (shutdown-timeout); past 10 s, SIGKILL.
+    const stopAll = () =>
+      Promise.all(
+        [...running.values()].map(async (p) => {
+          const kill = setTimeout(() => void p.stop("SIGKILL"), 10_000);
+          await p.stop();
+          clearTimeout(kill);
+        }),
+      );
 
     beforeAll(async () => {
       mkdirSync(scripts, { recursive: true });
@@ -535,7 +543,7 @@ describe("Redis Cluster (components/redis-cluster, overlay dev-cluster)", () => 
       [ports, busPorts] = [[...free].slice(0, 6), [...free].slice(6)];
       await Promise.all(ports.map((_, i) => startNode(i)));
     }, 60_000);
-    afterAll(stopAll);
+    afterAll(stopAll, 60_000);
 
     it("forms the cluster once; a second run changes nothing", async () => {
       const first = await runBootstrap();

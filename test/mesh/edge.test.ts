@@ -93,21 +93,28 @@ describe("no prediction version is a single point of failure", () => {
     const v1 = mesh.instances.find((i) => i.id === "prediction-v1")!;
     const client = createClient(PredictionService, grpcAs(loadToken));
     const failures: string[] = [];
+    // Calls under way when v1 died: one whose answer v1 had begun to send (headers out,
+    // trailers not) ends INTERNAL, and no proxy may retry half an answer. Every call that
+    // starts after the kill must be answered.
+    const inFlightAtKill: string[] = [];
+    let killed = false;
     const answeredBy = new Map<string, number>();
     let running = true;
     // Bounded load: 8 callers back to back, some forcing v1, until stopped.
     const loops = Array.from({ length: 8 }, async (_, w) => {
       for (let i = 0; running; i++) {
         const headers: Record<string, string> = w === 0 ? { "x-canary": "v1" } : {};
+        const startedAfterKill = killed;
         await client
           .predict({ userId: user(w * 997 + i), numPredictions: 5 }, { headers, timeoutMs: 5000, onHeader: (h) => answeredBy.set(h.get("x-service-version") ?? "none", (answeredBy.get(h.get("x-service-version") ?? "none") ?? 0) + 1) })
-          .catch((e: unknown) => failures.push(`${codeOf(e)}: ${ConnectError.from(e).rawMessage}`));
+          .catch((e: unknown) => (startedAfterKill ? failures : inFlightAtKill).push(`${codeOf(e)}: ${ConnectError.from(e).rawMessage}`));
       }
     });
     try {
       await new Promise((r) => setTimeout(r, 1000));
       const beforeKill = answeredBy.get("v2") ?? 0;
       await mesh.killApp("prediction-v1", "SIGKILL");
+      killed = true;
       // While v1 is down: the edge's own health check and reflection, through the edge.
       await new Promise((r) => setTimeout(r, 1500));
       const health = await runCommand(tool("grpc-health-probe"), [`-addr=${mesh.edge}`]);
@@ -118,6 +125,8 @@ describe("no prediction version is a single point of failure", () => {
       running = false;
       await Promise.all(loops);
       expect(failures).toEqual([]);
+      expect(inFlightAtKill.length).toBeLessThanOrEqual(8);
+      for (const failure of inFlightAtKill) expect(failure).toMatch(/^Internal: /);
       // The calls really went somewhere else: v2 answered what v1 could not.
       expect((answeredBy.get("v2") ?? 0) - beforeKill).toBeGreaterThan(20);
     } finally {

@@ -156,7 +156,6 @@ describe("online accuracy", () => {
     expect(ratios.length).toBeGreaterThan(0);
     // The served rankers order the logged items better than chance, as they did offline.
     for (const s of online) expect(s.value).toBeGreaterThan(0.6);
-    console.info("online auc", online.map((s) => [s.labels.models, s.value]), "ratios", ratios.map((r) => [r.labels.model, r.value]));
     for (const ratio of ratios) {
       const offlineAuc = offline.find((s) => s.labels.model === ratio.labels.model && s.labels.model_version === ratio.labels.model_version && s.labels.metric === "auc");
       const onlineAuc = online.find((s) => s.labels.variant === ratio.labels.variant && s.labels.models!.includes(`${ratio.labels.model}@${ratio.labels.model_version}`));
