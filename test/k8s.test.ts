@@ -525,15 +525,8 @@ describe("Redis Cluster (components/redis-cluster, overlay dev-cluster)", () => 
     };
     const runBootstrap = () => runCommand("env", [`CLUSTER_NODES=${seeds()}`, "WAIT_S=60", `PATH=${redisBin}:${process.env.PATH}`, "sh", join(scripts, "bootstrap.sh")], 90_000);
     const nodeIds = async () => Promise.all(ports.map(async (port) => (await runCommand(join(redisBin, "redis-cli"), ["-p", String(port), "cluster", "myid"])).stdout.trim()));
-    // SIGTERM lets a master wait for its replicas (shutdown-timeout); past 10 s, SIGKILL.
-    const stopAll = () =>
-      Promise.all(
-        [...running.values()].map(async (p) => {
-          const kill = setTimeout(() => void p.stop("SIGKILL"), 10_000);
-          await p.stop();
-          clearTimeout(kill);
-        }),
-      );
+    // SIGTERM lets a master wait for its replicas (shutdown-timeout); past 15 s, SIGKILL.
+    const stopAll = () => Promise.all([...running.values()].map((p) => p.stop("SIGTERM", 15_000)));
 
     beforeAll(async () => {
       mkdirSync(scripts, { recursive: true });

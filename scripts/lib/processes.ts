@@ -20,7 +20,8 @@ export interface Started {
   output: () => string;
   /** Resolves with the exit code. */
   exited: Promise<number | null>;
-  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+  /** Sends signal (SIGTERM by default) and resolves with the exit code; SIGKILL follows after killAfterMs when given. */
+  stop: (signal?: NodeJS.Signals, killAfterMs?: number) => Promise<number | null>;
 }
 
 /** Starts a child process; waitFor resolves once its output matches. */
@@ -34,9 +35,15 @@ export async function startProcess(
   child.stdout!.on("data", (d) => (out += d));
   child.stderr!.on("data", (d) => (out += d));
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  const stop = async (signal: NodeJS.Signals = "SIGTERM") => {
-    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    return exited;
+  const running = () => child.exitCode === null && child.signalCode === null;
+  const stop = async (signal: NodeJS.Signals = "SIGTERM", killAfterMs?: number) => {
+    if (running()) child.kill(signal);
+    const kill = killAfterMs === undefined ? undefined : setTimeout(() => running() && child.kill("SIGKILL"), killAfterMs);
+    try {
+      return await exited;
+    } finally {
+      clearTimeout(kill);
+    }
   };
   if (options.waitFor) {
     const pattern = options.waitFor;

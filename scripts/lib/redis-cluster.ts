@@ -122,8 +122,10 @@ export async function startRedisCluster(specs: readonly ClusterNodeSpec[], optio
     return startProcess(tool("redis-server"), clusterNodeArgs(spec, options), { waitFor: /Ready to accept connections/ });
   };
   const nodes: RunningCluster["nodes"] = [];
+  // A master's SIGTERM waits for its replicas (shutdown-timeout 10 s), which are stopping
+  // too; on a starved machine it has been seen to hang past two minutes: SIGKILL then.
   const stop = async (crash = false) => {
-    await Promise.all(nodes.map((node) => node.process.stop(crash ? "SIGKILL" : "SIGTERM")));
+    await Promise.all(nodes.map((node) => (crash ? node.process.stop("SIGKILL") : node.process.stop("SIGTERM", 15_000))));
   };
   try {
     await Promise.all(specs.map(async (spec) => nodes.push({ ...spec, process: await launch(spec) })));

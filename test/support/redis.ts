@@ -29,7 +29,7 @@ export async function startRedis(port?: number): Promise<TestRedis> {
     port: bound,
     process: proc,
     stop: async (crash = false) => {
-      await proc.stop(crash ? "SIGKILL" : "SIGTERM");
+      await proc.stop(crash ? "SIGKILL" : "SIGTERM", 15_000);
       rmSync(dir, { recursive: true, force: true });
     },
   };
