@@ -234,7 +234,7 @@ export function featureService({ store, config, ingestRedis = store.redis }: Fea
     }
     eventsIngested.inc({ result: "accepted" }, counts.accepted);
     eventsIngested.inc({ result: "duplicate" }, counts.duplicates);
-    const outcomes = outcomesOf(events.map((e) => ({ userId: e.userId, itemId: e.itemId, type: e.type, atMs: timestampMs(e.timestamp!) })));
+    const outcomes = outcomesOf(events, (e) => timestampMs(e.timestamp!));
     publishOutcomes(ingestRedis, outcomes).catch(() => outcomesUnpublished.inc(outcomes.length));
     return counts;
   }

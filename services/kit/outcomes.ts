@@ -26,9 +26,9 @@ export interface Outcome {
   atMs: number;
 }
 
-/** The outcomes among accepted events. */
-export function outcomesOf(events: readonly { userId: string; itemId: string; type: EventType; atMs: number }[]): Outcome[] {
-  return events.filter((e) => OUTCOME_TYPES.has(e.type)).map(({ userId, itemId, atMs }) => ({ userId, itemId, atMs }));
+/** The outcomes among accepted events (only those are converted: most events are views). */
+export function outcomesOf<E extends { userId: string; itemId: string; type: EventType }>(events: readonly E[], atMs: (event: E) => number): Outcome[] {
+  return events.filter((e) => OUTCOME_TYPES.has(e.type)).map((e) => ({ userId: e.userId, itemId: e.itemId, atMs: atMs(e) }));
 }
 
 /** Appends outcomes to the stream, in one round trip. */

@@ -22,8 +22,8 @@ export function predictionService({ config, predictor, cache, store }: Predictio
     async predict(request, ctx) {
       ctx.responseHeader.set(SERVICE_VERSION_HEADER, config.SERVICE_VERSION);
       const role = mirrorRole(ctx.url);
-      const mirror = role && { role, requestId: ctx.requestHeader.get("x-request-id") ?? "" };
-      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), "reject", mirror || undefined);
+      const mirror = role ? { role, requestId: ctx.requestHeader.get("x-request-id") ?? "" } : undefined;
+      return predictor.predict(predictor.plan(request), ctx.timeoutMs(), "reject", mirror);
     },
 
     async predictBatch(request, ctx) {

@@ -120,7 +120,10 @@ export class ShadowPairing {
     this.redis
       .recsysShadowMeet(2, halfKey(requestId, role), halfKey(requestId, other), JSON.stringify(half), HALF_TTL_S)
       .then((found) => {
-        if (found) this.compare(role === "primary" ? half : (JSON.parse(found) as Half), role === "primary" ? (JSON.parse(found) as Half) : half);
+        if (!found) return;
+        const theirs = JSON.parse(found) as Half;
+        if (role === "primary") this.compare(half, theirs);
+        else this.compare(theirs, half);
       })
       .catch(() => shadowHalvesUnstored.inc());
   }

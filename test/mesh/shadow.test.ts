@@ -109,30 +109,24 @@ describe("shadow traffic", () => {
   }, 180_000);
 
   it("a shadow that fails every call or answers after 10 s does not touch the callers", async () => {
+    /** n calls while v2's sidecar injects a fault: every caller answered by v1, and the fault really hit v2. */
+    const callsUnderFault = async (fault: Record<string, number>, off: Record<string, number>, injected: string, n: number, first: number) => {
+      const before = await stat(v2Sidecar, `http.ingress_prediction.fault.${injected}`);
+      await setRuntime(v2Sidecar, fault);
+      try {
+        const { errors, versions } = await calls(n, first);
+        expect(errors).toEqual([]);
+        expect(new Set(versions)).toEqual(new Set(["v1"]));
+        expect(await stat(v2Sidecar, `http.ingress_prediction.fault.${injected}`)).toBeGreaterThanOrEqual(before + n);
+      } finally {
+        await setRuntime(v2Sidecar, off);
+      }
+    };
     const comparedBefore = await total("recsys_prediction_shadow_pairs_total", { result: "compared" });
-    const faultsBefore = await stat(v2Sidecar, "http.ingress_prediction.fault.aborts_injected");
-    await setRuntime(v2Sidecar, { "chaos.abort_percent": 100 });
-    try {
-      const failing = await calls(60, 1000);
-      expect(failing.errors).toEqual([]);
-      expect(new Set(failing.versions)).toEqual(new Set(["v1"]));
-      expect(await stat(v2Sidecar, "http.ingress_prediction.fault.aborts_injected")).toBeGreaterThanOrEqual(faultsBefore + 60);
-    } finally {
-      await setRuntime(v2Sidecar, { "chaos.abort_percent": 0 });
-    }
+    await callsUnderFault({ "chaos.abort_percent": 100 }, { "chaos.abort_percent": 0 }, "aborts_injected", 60, 1000);
     // No pair met: v2 never answered.
     expect(await total("recsys_prediction_shadow_pairs_total", { result: "compared" })).toBe(comparedBefore);
-
-    const delaysBefore = await stat(v2Sidecar, "http.ingress_prediction.fault.delays_injected");
-    await setRuntime(v2Sidecar, { "chaos.delay_percent": 100, "chaos.delay_ms": 10_000 });
-    try {
-      // Each call's deadline (5 s) is half the shadow's delay: a caller that waited for the shadow would fail.
-      const slow = await calls(40, 2000);
-      expect(slow.errors).toEqual([]);
-      expect(new Set(slow.versions)).toEqual(new Set(["v1"]));
-      expect(await stat(v2Sidecar, "http.ingress_prediction.fault.delays_injected")).toBeGreaterThanOrEqual(delaysBefore + 40);
-    } finally {
-      await setRuntime(v2Sidecar, { "chaos.delay_percent": 0 });
-    }
+    // Each call's deadline (5 s) is half the shadow's delay: a caller that waited for the shadow would fail.
+    await callsUnderFault({ "chaos.delay_percent": 100, "chaos.delay_ms": 10_000 }, { "chaos.delay_percent": 0 }, "delays_injected", 40, 2000);
   }, 180_000);
 });

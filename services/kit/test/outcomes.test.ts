@@ -41,7 +41,7 @@ describe("the outcome stream", () => {
       { userId: "u2", itemId: "i9", type: EventType.IMPRESSION, atMs: at + 2 },
       { userId: "u2", itemId: "i9", type: EventType.PURCHASE, atMs: at + 3 },
     ];
-    expect(outcomesOf(events)).toEqual([
+    expect(outcomesOf(events, (e) => e.atMs)).toEqual([
       { userId: "u1", itemId: "i1", atMs: at + 1 },
       { userId: "u2", itemId: "i9", atMs: at + 3 },
     ]);
