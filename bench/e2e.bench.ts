@@ -131,6 +131,7 @@ const suite: BenchSuite = {
         scenarios: [...ceilings, ...points],
         ratios: [
           ratio("cached Predict / echo, same edge + sidecar path (QPS)", get("cached Predict (Zipf 1.1)").ceiling.qps / get("echo via edge + sidecar").ceiling.qps, ">= 0.5", get("cached Predict (Zipf 1.1)").ceiling.qps / get("echo via edge + sidecar").ceiling.qps >= 0.5),
+          ratio("full Predict / echo, same edge + sidecar path (QPS)", get(full).ceiling.qps / get("echo via edge + sidecar").ceiling.qps, ">= 0.3", get(full).ceiling.qps / get("echo via edge + sidecar").ceiling.qps >= 0.3),
           ratio("full / cached Predict (QPS)", get(full).ceiling.qps / get("cached Predict (Zipf 1.1)").ceiling.qps, "informational", true),
           ratio("echo via mesh / direct (QPS)", get("echo via edge + sidecar").ceiling.qps / get("echo direct").ceiling.qps, "informational", true),
           ratio("full Predict p99 / p50 at 50% of max rate", at(full, 0.5).p99_ms / at(full, 0.5).p50_ms, "<= 4", at(full, 0.5).p99_ms / at(full, 0.5).p50_ms <= 4),
