@@ -125,7 +125,7 @@ export async function startRedisCluster(specs: readonly ClusterNodeSpec[], optio
   // A master's SIGTERM waits for its replicas (shutdown-timeout 10 s), which are stopping
   // too; on a starved machine it has been seen to hang past two minutes: SIGKILL then.
   const stop = async (crash = false) => {
-    await Promise.all(nodes.map((node) => (crash ? node.process.stop("SIGKILL") : node.process.stop("SIGTERM", 15_000))));
+    await Promise.all(nodes.map((node) => node.process.stop(crash ? "SIGKILL" : "SIGTERM", 15_000)));
   };
   try {
     await Promise.all(specs.map(async (spec) => nodes.push({ ...spec, process: await launch(spec) })));
