@@ -6,6 +6,11 @@ export interface HotEntityCacheOptions {
   maxEntities: number;
   batchTtlMs: number;
   streamTtlMs: number;
+  /**
+   * An entity Redis held nothing of: kept briefly (cold ids still skip Redis), since a
+   * materialisation (another process) may write it any moment.
+   */
+  absentTtlMs: number;
   /** The clock TTLs are measured on (tests pass their own); default performance.now. */
   clock?: { now(): number };
 }
@@ -15,7 +20,8 @@ export interface HotEntityCacheOptions {
  * Bounded in size (LRU) and in time: stream state lives a fraction of a second, so a
  * new event is visible within the freshness target; batch rows live longer, as they
  * only change when a materialisation runs. Absent entities are cached too, so cold
- * ids do not hammer Redis either.
+ * ids do not hammer Redis either, but briefly: cached for the batch TTL, ids read
+ * before a materialisation wrote them would stay absent that long after it.
  */
 export class HotEntityCache {
   private readonly lru: LRUCache<string, { value: unknown }> | undefined;
@@ -53,7 +59,7 @@ export class HotEntityCache {
     const loaded = await load(missing);
     const ttl = source === "batch" ? this.options.batchTtlMs : this.options.streamTtlMs;
     missing.forEach((id, j) => {
-      lru.set(`${view}\u0000${id}`, { value: loaded[j] }, { ttl });
+      lru.set(`${view}\u0000${id}`, { value: loaded[j] }, { ttl: loaded[j] === undefined ? Math.min(ttl, this.options.absentTtlMs) : ttl });
       for (const i of missingAt.get(id)!) out[i] = loaded[j];
     });
     return out;

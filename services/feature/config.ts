@@ -51,6 +51,8 @@ export const featureConfigShape = {
   CACHE_BATCH_TTL_MS: int(1).default(10_000),
   /** Stream features must be visible within a second of ingestion. */
   CACHE_STREAM_TTL_MS: int(1).default(250),
+  /** An entity with no row yet: a materialisation writing it is seen within this long. */
+  CACHE_ABSENT_TTL_MS: int(1).default(250),
 };
 
 export type FeatureConfig = ReturnType<typeof loadFeatureConfig>;

@@ -187,7 +187,7 @@ export async function materialize(options: MaterializeOptions): Promise<Material
 
   const view = views.find((v): v is BatchView => v.name === target && v.source === "batch");
   if (!view) throw new Error(`--view ${target}: not a batch view (batch views: ${views.filter((v) => v.source === "batch").map((v) => v.name).join(", ")})`);
-  const store = new OnlineStore(options.redis, options.partitions, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
+  const store = new OnlineStore(options.redis, options.partitions, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1, absentTtlMs: 1 });
   const checkpoint = checkpointKey(fileId(options.file, view.name));
   summary.resumedAfterLine = options.restart ? 0 : Number((await options.redis.get(checkpoint)) ?? 0);
   // The checkpoint only moves while every batch so far was written.

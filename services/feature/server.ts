@@ -27,6 +27,7 @@ export async function startFeatureService(env: Record<string, string | undefined
     maxEntities: config.CACHE_MAX_ENTITIES,
     batchTtlMs: config.CACHE_BATCH_TTL_MS,
     streamTtlMs: config.CACHE_STREAM_TTL_MS,
+    absentTtlMs: config.CACHE_ABSENT_TTL_MS,
   });
   const aggregator = config.AGGREGATOR_IN_PROCESS ? new Aggregator({ config, categories: await loadCategories(config.CATALOG_PATH), log }) : undefined;
 

@@ -152,12 +152,21 @@ export interface FeatureReaderOptions {
   itemRefreshMs: number;
   /** An entry older than this is not served: the request reads it (the feature service was unreachable that long). */
   itemMaxAgeMs: number;
+  /**
+   * An item the feature service holds no feature of (not materialised yet, or new) is
+   * served as defaults for this long after the read, then read again by the request.
+   */
+  itemUnknownMs: number;
   version: string;
+  /** Milliseconds since the epoch (default Date.now); tests move it. */
+  now?: () => number;
 }
 
 interface CachedBag {
   bag: FeatureBag;
   readAt: number;
+  /** Whether the feature service held any feature of the item. */
+  known: boolean;
 }
 
 /** One background read carries at most this many items (the request's limit is 2000). */
@@ -177,6 +186,7 @@ export class FeatureReader {
   private readonly items: LRUCache<string, CachedBag>;
   private readonly refreshQueue = new Set<string>();
   private refreshing = false;
+  private readonly now: () => number;
 
   constructor(
     private readonly client: Client<typeof FeatureService> | undefined,
@@ -184,6 +194,7 @@ export class FeatureReader {
   ) {
     this.users = new LRUCache({ max: options.userCacheEntries, ttl: options.userCacheTtlMs });
     this.items = new LRUCache({ max: options.itemCacheEntries });
+    this.now = options.now ?? Date.now;
   }
 
   /** User and request features, live. Throws when the feature service cannot answer within the budget. */
@@ -216,11 +227,13 @@ export class FeatureReader {
   async itemFeatures(itemIds: string[], timeoutMs: number): Promise<Map<string, FeatureBag>> {
     const found = new Map<string, FeatureBag>();
     const missing: string[] = [];
-    const now = Date.now();
+    const now = this.now();
     let stale = 0;
     for (const id of itemIds) {
       const cached = this.items.get(id);
-      if (!cached || now - cached.readAt >= this.options.itemMaxAgeMs) {
+      // An empty answer is not kept like a real one: prefetched before the store was
+      // loaded, it would rank with default item features until the refresh age.
+      if (!cached || now - cached.readAt >= (cached.known ? this.options.itemMaxAgeMs : this.options.itemUnknownMs)) {
         missing.push(id);
         continue;
       }
@@ -245,17 +258,20 @@ export class FeatureReader {
   /**
    * Reads the given items' features into the cache, a batch at a time, so requests
    * after start-up find them held. Never fails: what it cannot read, requests read.
+   * Returns how many of them the feature service held features of.
    */
   async prefetchItems(itemIds: readonly string[]): Promise<number> {
-    let read = 0;
+    let known = 0;
     for (let from = 0; from < Math.min(itemIds.length, this.options.itemCacheEntries); from += REFRESH_BATCH) {
+      const batch = itemIds.slice(from, from + REFRESH_BATCH);
       try {
-        read += (await this.readItems(itemIds.slice(from, from + REFRESH_BATCH), REFRESH_TIMEOUT_MS)).size;
+        await this.readItems(batch, REFRESH_TIMEOUT_MS);
       } catch {
         break;
       }
+      known += batch.filter((id) => this.items.get(id)?.known).length;
     }
-    return read;
+    return known;
   }
 
   /** Item features known locally (cache or nothing), for rungs that cannot wait. */
@@ -267,10 +283,11 @@ export class FeatureReader {
     if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
     const response = await this.client.getOnlineFeatures({ itemIds, featureRefs: ITEM_FEATURE_REFS }, { timeoutMs });
     const read = new Map<string, FeatureBag>();
-    const readAt = Date.now();
+    const readAt = this.now();
     for (const entity of response.items) {
       const bag = bagOf(entity.features);
-      this.items.set(entity.entityId, { bag, readAt });
+      const known = Object.values(entity.features).some((r) => r.status === FeatureStatus.PRESENT);
+      this.items.set(entity.entityId, { bag, readAt, known });
       read.set(entity.entityId, bag);
     }
     return read;

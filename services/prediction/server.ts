@@ -65,6 +65,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     itemCacheEntries: 200_000,
     itemRefreshMs: 30_000,
     itemMaxAgeMs: 10 * 60_000,
+    itemUnknownMs: 1_000,
     version: config.SERVICE_VERSION,
   });
   const experiments = config.EXPERIMENT_ADDR ? createServiceClient(ExperimentService, config.EXPERIMENT_ADDR) : undefined;
@@ -86,7 +87,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
   if (!assignerUp) log.warn("experiment assignment not in-process yet: asking the Assign RPC until it is");
   popular.start(config.POPULAR_REFRESH_MS);
   // The catalogue's item features, read in the background: requests then wait for the user's features and candidates only.
-  void features.prefetchItems([...store.serving.catalog.byId.keys()]).then((read) => log.info({ items: read }, "item features prefetched"));
+  void features.prefetchItems([...store.serving.catalog.byId.keys()]).then((known) => log.info({ items: known }, "item features prefetched"));
   for (const [name, address] of Object.entries({ FEATURE_ADDR: config.FEATURE_ADDR, RETRIEVAL_ADDR: config.RETRIEVAL_ADDR, EXPERIMENT_ADDR: config.EXPERIMENT_ADDR })) {
     if (!address) log.warn(`${name} is not set: answers degrade down the fallback ladder`);
   }

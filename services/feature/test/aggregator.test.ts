@@ -117,7 +117,7 @@ describe("aggregator exactly-once under crashes", () => {
 
   /** Every stream feature of every user and item, computed at one instant from the stored state. */
   async function features(deployment: Deployment, at: number) {
-    const store = new OnlineStore(deployment.store, PARTITIONS, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
+    const store = new OnlineStore(deployment.store, PARTITIONS, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1, absentTtlMs: 1 });
     const out: Record<string, Record<string, unknown>> = {};
     for (const view of views.filter((v): v is StreamView => v.source === "stream")) {
       const ids = view.entity === "user" ? USERS : ITEMS;

@@ -42,7 +42,7 @@ describe("materialize: JSON lines into the online store", () => {
     redis = await startTestRedis();
     client = await connectRedis(redis.env, { commandTimeoutMs: 5_000, readyTimeoutMs: 5_000, scripts: featureScripts });
     raw = redis.client();
-    store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
+    store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1, absentTtlMs: 1 });
   });
 
   afterAll(async () => {

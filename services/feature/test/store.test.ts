@@ -48,7 +48,7 @@ describe("online store on a real Redis", () => {
   });
 
   it("round-trips a value of every type with its event time", async () => {
-    const store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
+    const store = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1, absentTtlMs: 1 });
     const now = Date.now();
     await store.writeRows([{ view: everyType, entityId: "all-types", eventTimeMs: now, values }]);
     const [row, missing] = await store.readRows(everyType, ["all-types", "absent"]);
@@ -59,10 +59,10 @@ describe("online store on a real Redis", () => {
     }
   });
 
-  it("serves hot entities from its cache until the TTL, absent ones included, and its own writes at once", async () => {
+  it("serves hot entities from its cache until the TTL, absent ones for a shorter one, and its own writes at once", async () => {
     // The cache's clock moves only when the test says, so a slow machine cannot expire an entry early.
     const clock = { ms: 1_000, now: () => clock.ms };
-    const store = new OnlineStore(client, 1, { maxEntities: 100, batchTtlMs: 300, streamTtlMs: 1, clock });
+    const store = new OnlineStore(client, 1, { maxEntities: 100, batchTtlMs: 300, streamTtlMs: 1, absentTtlMs: 100, clock });
     const now = Date.now();
     const d = async (id: string) => (await store.readRows(everyType, [id]))[0]?.values.get("d")?.kind.value;
     await store.writeRows([{ view: everyType, entityId: "hot", eventTimeMs: now, values: { d: 1 } }]);
@@ -70,18 +70,22 @@ describe("online store on a real Redis", () => {
     expect(await d("cold")).toBeUndefined();
 
     // Changed behind the cache's back (another replica writing): not seen until the TTL passes.
-    const other = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1 });
+    const other = new OnlineStore(client, 1, { maxEntities: 0, batchTtlMs: 1, streamTtlMs: 1, absentTtlMs: 1 });
     await other.writeRows([
       { view: everyType, entityId: "hot", eventTimeMs: now + 1, values: { d: 2 } },
       { view: everyType, entityId: "cold", eventTimeMs: now + 1, values: { d: 2 } },
     ]);
     expect(await d("hot")).toBe(1);
     expect(await d("cold")).toBeUndefined();
-    clock.ms += 299;
+    // Absent: read again after its own TTL (a materialisation writing it is seen soon).
+    clock.ms += 99;
+    expect(await d("cold")).toBeUndefined();
+    clock.ms += 2;
+    expect(await d("cold")).toBe(2);
+    clock.ms += 198;
     expect(await d("hot")).toBe(1);
     clock.ms += 2;
     expect(await d("hot")).toBe(2);
-    expect(await d("cold")).toBe(2);
 
     // Written through this store: visible at once.
     await store.writeRows([{ view: everyType, entityId: "hot", eventTimeMs: now + 2, values: { d: 3 } }]);

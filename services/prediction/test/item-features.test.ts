@@ -1,6 +1,7 @@
 // The prediction service's item feature cache against a real feature service and
 // Redis: entries past their refresh age are served at once and renewed in the
-// background, so a request waits only for items it has never seen.
+// background, so a request waits only for items it has never seen; an item the
+// store held nothing of is read again a second later.
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { EntityType, FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
@@ -19,8 +20,11 @@ async function lookups(result: string): Promise<number> {
 }
 
 /** A reader over `client` with small caches; `items` overrides the item cache options. */
-function readerOf(client: ReturnType<typeof createServiceClient<typeof FeatureService>>, items: { itemRefreshMs: number; itemMaxAgeMs: number; itemCacheEntries?: number }) {
-  return new FeatureReader(client, { userCacheEntries: 10, userCacheTtlMs: 60_000, itemCacheEntries: 100, version: VERSION, ...items });
+function readerOf(
+  client: ReturnType<typeof createServiceClient<typeof FeatureService>>,
+  items: { itemRefreshMs: number; itemMaxAgeMs: number; itemCacheEntries?: number; itemUnknownMs?: number; now?: () => number },
+) {
+  return new FeatureReader(client, { userCacheEntries: 10, userCacheTtlMs: 60_000, itemCacheEntries: 100, itemUnknownMs: 1_000, version: VERSION, ...items });
 }
 
 describe("item feature cache", () => {
@@ -72,13 +76,32 @@ describe("item feature cache", () => {
   });
 
   it("prefetches items in batches, so a request after it reads none", async () => {
-    const reader = readerOf(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), { itemRefreshMs: 60_000, itemMaxAgeMs: 60 * 60_000, itemCacheEntries: 5_000 });
+    const reader = readerOf(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), { itemRefreshMs: 60_000, itemMaxAgeMs: 60 * 60_000, itemCacheEntries: 5_000, now: () => 0 });
     await write("item-c", 0.4);
-    const ids = ["item-c", ...Array.from({ length: 1_500 }, (_, i) => `item-unknown-${i}`)];
-    expect(await reader.prefetchItems(ids)).toBe(ids.length);
+    await write("item-d", 0.5);
+    const ids = ["item-c", ...Array.from({ length: 1_500 }, (_, i) => `item-unknown-${i}`), "item-d"];
+    expect(await reader.prefetchItems(ids)).toBe(2);
     const missesBefore = await lookups("miss");
-    expect((await reader.itemFeatures(["item-c", "item-unknown-1499"], 20_000)).get("item-c")?.["item_profile:item_ctr"]).toBe(0.4);
+    const read = await reader.itemFeatures(["item-c", "item-d", "item-unknown-1499"], 20_000);
+    expect([read.get("item-c")?.["item_profile:item_ctr"], read.get("item-d")?.["item_profile:item_ctr"]]).toEqual([0.4, 0.5]);
     expect(await lookups("miss")).toBe(missesBefore);
+  });
+
+  it("reads an item it found no features of again after a second, not at the refresh age: features materialised after a prefetch are used at once", async () => {
+    let now = 0;
+    const reader = readerOf(createServiceClient(FeatureService, `127.0.0.1:${feature.port}`), { itemRefreshMs: 30_000, itemMaxAgeMs: 60 * 60_000, now: () => now });
+    expect(await reader.prefetchItems(["item-e"])).toBe(0);
+    await write("item-e", 0.6);
+    // Within the second the empty answer (the registry's default) stands: an item with no features costs one read a second at most.
+    expect((await reader.itemFeatures(["item-e"], 20_000)).get("item-e")?.["item_profile:item_ctr"]).toBe(0);
+    now = 1_000;
+    const missesBefore = await lookups("miss");
+    expect((await reader.itemFeatures(["item-e"], 20_000)).get("item-e")?.["item_profile:item_ctr"]).toBe(0.6);
+    expect((await lookups("miss")) - missesBefore).toBe(1);
+    // Known now: held for the refresh age like any other.
+    now = 20_000;
+    expect((await reader.itemFeatures(["item-e"], 20_000)).get("item-e")?.["item_profile:item_ctr"]).toBe(0.6);
+    expect((await lookups("miss")) - missesBefore).toBe(1);
   });
 
   it("keeps serving cached items while the feature service is away, up to their maximum age; an unseen item fails the read", async () => {
