@@ -10,7 +10,7 @@ import { MalformedRequest, asConnectError } from "./errors.js";
 import type { ServiceRegistration } from "./grpc.js";
 import { validationError } from "./validation.js";
 import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
-import { extractContextFromHeaders, tracer } from "./tracing.js";
+import { extractContextFromHeaders, traceresponseOf, tracer } from "./tracing.js";
 
 /**
  * The codes connect-es gives a request it could not read: "parse binary: ..." is
@@ -110,8 +110,7 @@ const traceInterceptor: Interceptor = (next) => async (req) => {
     { kind: SpanKind.SERVER, attributes: { "rpc.system": "connect_rpc", "rpc.service": req.service.typeName, "rpc.method": req.method.name } },
     extractContextFromHeaders(req.header),
   );
-  const { traceId, spanId } = span.spanContext();
-  const traceresponse = `00-${traceId}-${spanId}-01`;
+  const traceresponse = traceresponseOf(span.spanContext());
   try {
     const res = await context.with(trace.setSpan(context.active(), span), () => next(req));
     res.header.set("traceresponse", traceresponse);

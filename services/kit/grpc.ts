@@ -15,7 +15,7 @@ import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { MalformedRequest, asConnectError } from "./errors.js";
 import type { Logger } from "./log.js";
 import { rpcHandled, rpcHandlingSeconds } from "./metrics.js";
-import { extractContext, tracer } from "./tracing.js";
+import { extractContext, traceresponseOf, tracer } from "./tracing.js";
 import { validationError } from "./validation.js";
 
 /**
@@ -265,8 +265,7 @@ export function grpcService(registration: ServiceRegistration, log: Logger) {
         extractContext(call.metadata),
       );
       // W3C traceresponse, so a caller can find this request's trace.
-      const spanContext = span.spanContext();
-      const traceresponse = `00-${spanContext.traceId}-${spanContext.spanId}-01`;
+      const traceresponse = traceresponseOf(span.spanContext());
       const done = (err: ConnectError | undefined, value: unknown) => {
         ctx.finish();
         const code = err ? Code[err.code] : "OK";

@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, context, propagation, trace, type Context, type TextMapGetter } from "@opentelemetry/api";
+import { ROOT_CONTEXT, context, propagation, trace, type Context, type SpanContext, type TextMapGetter } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
 import { ZipkinExporter } from "@opentelemetry/exporter-zipkin";
@@ -64,6 +64,14 @@ export function extractContext(metadata: Metadata): Context {
 /** The W3C trace context of HTTP headers (the Connect and gRPC-web listener). */
 export function extractContextFromHeaders(headers: Headers): Context {
   return propagation.extract(ROOT_CONTEXT, headers, { keys: (h) => [...h.keys()], get: (h, key) => h.get(key) ?? undefined });
+}
+
+/**
+ * The W3C traceresponse of a server span: its trace and span id, and whether it was
+ * sampled (a caller that sees 00 knows no trace of the call was recorded).
+ */
+export function traceresponseOf({ traceId, spanId, traceFlags }: SpanContext): string {
+  return `00-${traceId}-${spanId}-${(traceFlags & 0xff).toString(16).padStart(2, "0")}`;
 }
 
 /** Trace and span id of the active span, or undefined when there is none. */

@@ -124,14 +124,19 @@ describe("service kit, real server on a free port", () => {
     expect(after).toMatch(/process_cpu_seconds_total/);
   });
 
-  it("continues the caller's W3C trace and returns it in traceresponse", async () => {
+  it("continues the caller's W3C trace and returns it in traceresponse, sampled or not as the caller decided", async () => {
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let traceresponse = "";
-    await createServiceClient(EchoService, address).echo(
-      { message: "t" },
-      { headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-01` }, onTrailer: (t) => (traceresponse = t.get("traceresponse") ?? "") },
-    );
-    expect(traceresponse).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    const traceresponse = async (flags: string) => {
+      let value = "";
+      await createServiceClient(EchoService, address).echo(
+        { message: "t" },
+        { headers: { traceparent: `00-${traceId}-00f067aa0ba902b7-${flags}` }, onTrailer: (t) => (value = t.get("traceresponse") ?? "") },
+      );
+      return value;
+    };
+    expect(await traceresponse("01")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    // Envoy's 0% random sampling sends 00: no span is recorded, and the answer says so.
+    expect(await traceresponse("00")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
   });
 
   it("passes the caller's deadline to the handler", async () => {
@@ -164,6 +169,12 @@ describe("service kit, real server on a free port", () => {
     const invalid = await post({ delayMs: -1 });
     expect(invalid.status).toBe(400);
     expect(invalid.headers.get("traceresponse")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-01$`));
+    const unsampled = await fetch(`http://127.0.0.1:${server.connectPort}/recsys.echo.v1.EchoService/Echo`, {
+      method: "POST",
+      headers: { "content-type": "application/json", traceparent: `00-${traceId}-00f067aa0ba902b7-00` },
+      body: JSON.stringify({ message: "not sampled" }),
+    });
+    expect(unsampled.headers.get("traceresponse")).toMatch(new RegExp(`^00-${traceId}-[0-9a-f]{16}-00$`));
   });
 
   it("serves browsers with Connect (JSON and binary) and gRPC-web on the Connect listener", async () => {
