@@ -24,10 +24,25 @@ let loadToken: string;
 // Its own Redis files and logs, apart from a running `npm start`'s .run/.
 const runDir = mkdtempSync(join(tmpdir(), "recsys-mesh-test-"));
 
+/** Full Predict answers of a few users from prediction-v1: the version that answered, and its items with scores. */
+async function v1Answers(): Promise<{ version: string; items: [string, number][] }[]> {
+  const client = prediction();
+  return Promise.all(
+    ["u000003", "u000862", "u001500"].map(async (userId) => {
+      let version = "none";
+      const answer = await client.predict({ userId, numPredictions: 10, bypassCache: true }, { headers: { "x-canary": "v1" }, onHeader: (h) => (version = h.get("x-service-version") ?? "none") });
+      return { version, items: answer.predictions.map((p): [string, number] => [p.itemId, p.score]) };
+    }),
+  );
+}
+/** What prediction-v1 answered as soon as the mesh was up, when start-up races are still on. */
+let firstAnswers: Awaited<ReturnType<typeof v1Answers>>;
+
 beforeAll(async () => {
   mesh = await startMesh({ runDir, env: { LOG_LEVEL: "warn" } });
   echoAdmin = `http://127.0.0.1:${mesh.instances.find((i) => i.service === "echo")!.sidecarAdminPort}`;
   loadToken = (await edgeTokenMinter())("mesh-test-load");
+  firstAnswers = await v1Answers();
 });
 afterAll(async () => {
   await mesh?.stop();
@@ -201,6 +216,28 @@ describe("prediction through the edge", () => {
     } finally {
       await weights(100, 0);
     }
+  });
+
+  it("ranks with the loaded item features from its first answer: the same answers as a prediction-v1 started after the load", async () => {
+    // npm start loads the batch features while the apps start: item features read before
+    // that must not be kept as if the store had none (this answered with defaults for ~40 s).
+    // Both caches on the way start empty now, long after the load.
+    for (const app of ["feature", "prediction-v1"]) {
+      await mesh.killApp(app);
+      await mesh.restartApp(app);
+    }
+    let again = await v1Answers();
+    const deadline = Date.now() + 20_000;
+    while (again.some((a) => a.version !== "v1") && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      again = await v1Answers();
+    }
+    expect(firstAnswers.map((a) => a.version)).toEqual(["v1", "v1", "v1"]);
+    expect(again.map((a) => a.version)).toEqual(["v1", "v1", "v1"]);
+    again.forEach((answer, i) => {
+      expect(answer.items.map(([id]) => id)).toEqual(firstAnswers[i]!.items.map(([id]) => id));
+      answer.items.forEach(([, score], k) => expect(score).toBeCloseTo(firstAnswers[i]!.items[k]![1], 5));
+    });
   });
 
   it("always sends x-canary: v2 to v2, whatever the weights", async () => {
