@@ -165,8 +165,8 @@ export interface FeatureReaderOptions {
 interface CachedBag {
   bag: FeatureBag;
   readAt: number;
-  /** Whether the feature service held any feature of the item. */
-  known: boolean;
+  /** When the entry stops being served: itemMaxAgeMs after the read, itemUnknownMs for an item the service held nothing of. */
+  expiresAt: number;
 }
 
 /** One background read carries at most this many items (the request's limit is 2000). */
@@ -231,9 +231,7 @@ export class FeatureReader {
     let stale = 0;
     for (const id of itemIds) {
       const cached = this.items.get(id);
-      // An empty answer is not kept like a real one: prefetched before the store was
-      // loaded, it would rank with default item features until the refresh age.
-      if (!cached || now - cached.readAt >= (cached.known ? this.options.itemMaxAgeMs : this.options.itemUnknownMs)) {
+      if (!cached || now >= cached.expiresAt) {
         missing.push(id);
         continue;
       }
@@ -251,7 +249,7 @@ export class FeatureReader {
     }
     if (missing.length === 0) return found;
     itemFeatureLookups.inc({ version, result: "miss" }, missing.length);
-    for (const [id, bag] of await this.readItems(missing, timeoutMs)) found.set(id, bag);
+    for (const [id, bag] of (await this.readItems(missing, timeoutMs)).bags) found.set(id, bag);
     return found;
   }
 
@@ -263,13 +261,11 @@ export class FeatureReader {
   async prefetchItems(itemIds: readonly string[]): Promise<number> {
     let known = 0;
     for (let from = 0; from < Math.min(itemIds.length, this.options.itemCacheEntries); from += REFRESH_BATCH) {
-      const batch = itemIds.slice(from, from + REFRESH_BATCH);
       try {
-        await this.readItems(batch, REFRESH_TIMEOUT_MS);
+        known += (await this.readItems(itemIds.slice(from, from + REFRESH_BATCH), REFRESH_TIMEOUT_MS)).known;
       } catch {
         break;
       }
-      known += batch.filter((id) => this.items.get(id)?.known).length;
     }
     return known;
   }
@@ -279,18 +275,23 @@ export class FeatureReader {
     return new Map(itemIds.map((id) => [id, this.items.get(id)?.bag ?? {}]));
   }
 
-  private async readItems(itemIds: string[], timeoutMs: number): Promise<Map<string, FeatureBag>> {
+  /** Reads items into the cache; returns their features and how many the service held any feature of. */
+  private async readItems(itemIds: string[], timeoutMs: number): Promise<{ bags: Map<string, FeatureBag>; known: number }> {
     if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
     const response = await this.client.getOnlineFeatures({ itemIds, featureRefs: ITEM_FEATURE_REFS }, { timeoutMs });
-    const read = new Map<string, FeatureBag>();
+    const bags = new Map<string, FeatureBag>();
     const readAt = this.now();
+    let known = 0;
     for (const entity of response.items) {
       const bag = bagOf(entity.features);
-      const known = Object.values(entity.features).some((r) => r.status === FeatureStatus.PRESENT);
-      this.items.set(entity.entityId, { bag, readAt, known });
-      read.set(entity.entityId, bag);
+      // An empty answer is not kept like a real one: read before the store was loaded,
+      // it would rank with default item features until a background refresh, 30 s on.
+      const held = Object.values(entity.features).some((r) => r.status === FeatureStatus.PRESENT);
+      if (held) known++;
+      this.items.set(entity.entityId, { bag, readAt, expiresAt: readAt + (held ? this.options.itemMaxAgeMs : this.options.itemUnknownMs) });
+      bags.set(entity.entityId, bag);
     }
-    return read;
+    return { bags, known };
   }
 
   /** Renews queued entries, one batch at a time; a failed read leaves them queued, served as they are. */
