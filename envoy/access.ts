@@ -40,6 +40,7 @@ export const accessTable: MethodAccess[] = [
   method("feature", "ListFeatureViews", "internal", [], "the registry's schema: for backends and operators"),
   method("retrieval", "Search", "internal", ["prediction"], "embedding search: a building block of Predict, costly per call"),
   method("retrieval", "GetCandidates", "internal", ["prediction"], "per-user candidates: a building block of Predict"),
+  method("retrieval", "GetCandidatesBatch", "internal", ["prediction"], "GetCandidates for several users: how prediction asks"),
   method("retrieval", "GetPopular", "public", ["prediction"], "popular lists are public on any storefront; prediction's popular rung"),
   method("retrieval", "UpsertItems", "admin", [], "changes the catalogue"),
   method("retrieval", "DeleteItems", "admin", [], "changes the catalogue"),

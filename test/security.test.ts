@@ -107,6 +107,7 @@ const reportIdentity = async (_request: unknown, ctx: HandlerContext) => {
 const retrievalStub = implement(RetrievalService, {
   search: reportIdentity,
   getCandidates: reportIdentity,
+  getCandidatesBatch: reportIdentity,
   getPopular: reportIdentity,
   upsertItems: reportIdentity,
   deleteItems: reportIdentity,
@@ -307,6 +308,20 @@ describe("at the edge: identity from verified tokens only", () => {
       for (const method of ["deleteItems", "getCandidates", "getPopular"] as const) expect((await call(edge(), method, { token: bad })).code, method).toBe("Unauthenticated");
     }
     expect(await stat(edgeAdmin(), "http.edge.jwt_authn.denied")).toBe(deniedBefore + 9);
+  });
+
+  it("a verified token is served from the edge's cache, and still stops working at expiry plus the 30 s clock skew", async () => {
+    // Expired 27 s ago: inside the 30 s skew for about 3 s more.
+    const expiresAt = Math.floor(Date.now() / 1000) - 27;
+    const nearlyExpired = token("cached-user", "enterprise", "user", expiresAt - 600);
+    const [hitsBefore, missesBefore] = [await stat(edgeAdmin(), "http.edge.jwt_authn.jwt_cache_hit"), await stat(edgeAdmin(), "http.edge.jwt_authn.jwt_cache_miss")];
+    expect((await call(edge(), "getPopular", { token: nearlyExpired })).code).toBe("OK");
+    expect((await call(edge(), "getPopular", { token: nearlyExpired })).code).toBe("OK");
+    expect(await stat(edgeAdmin(), "http.edge.jwt_authn.jwt_cache_miss")).toBeGreaterThan(missesBefore);
+    expect(await stat(edgeAdmin(), "http.edge.jwt_authn.jwt_cache_hit")).toBeGreaterThan(hitsBefore);
+    // Past the skew: refused although the cache holds it (a cache honouring its own 60 s default would let it through).
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, (expiresAt + 31) * 1000 - Date.now())));
+    expect((await call(edge(), "getPopular", { token: nearlyExpired })).code).toBe("Unauthenticated");
   });
 
   it("the role decides: user -> public only; service -> internal too; admin -> everything (PERMISSION_DENIED otherwise)", async () => {

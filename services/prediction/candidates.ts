@@ -1,12 +1,22 @@
 import type { Client } from "@connectrpc/connect";
-import { CandidateSource, PopularKind, type Candidate, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { CandidateSource, PopularKind, type Candidate, type GetCandidatesRequestSchema, type GetCandidatesResponse, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import type { UserRequest } from "./context.js";
+import { batchedCallRequests } from "./metrics.js";
 import type { RankCandidate } from "./ranking.js";
+import { TurnBatcher } from "./turn-batcher.js";
 
 export interface CandidateReaderOptions {
   /** Candidates asked for per request, unless the answer needs more (at most 1000). */
   k: number;
+  /** The service version, for metrics. */
+  version: string;
 }
+
+const notConfigured = () => new Error("no retrieval service configured (RETRIEVAL_ADDR)");
+
+/** Requests per GetCandidatesBatch call (its limit). */
+const CANDIDATE_BATCH = 64;
 
 /** The most retrieval returns in one call (GetCandidates' and GetPopular's k). */
 const MAX_K = 1000;
@@ -31,10 +41,21 @@ function sourceNames(mask: number): string[] {
 
 /** Reads the retrieval service: a user's merged candidates, and the popular lists when none are held locally. */
 export class CandidateReader {
+  /** The candidate requests of one event-loop turn share a GetCandidatesBatch call (turn-batcher.ts). */
+  private readonly batches: TurnBatcher<MessageInitShape<typeof GetCandidatesRequestSchema>, GetCandidatesResponse> | undefined;
+
   constructor(
     private readonly client: Client<typeof RetrievalService> | undefined,
     private readonly options: CandidateReaderOptions,
-  ) {}
+  ) {
+    if (client) {
+      this.batches = new TurnBatcher(
+        async (requests, timeoutMs) => (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses,
+        CANDIDATE_BATCH,
+        (requests) => batchedCallRequests.observe({ version: options.version, call: "candidates" }, requests),
+      );
+    }
+  }
 
   /** False without RETRIEVAL_ADDR: every read then throws. */
   get configured(): boolean {
@@ -43,9 +64,9 @@ export class CandidateReader {
 
   /** Retrieval's merged candidates for the user, `atLeast` of them when that is more than k. Throws when retrieval cannot answer. */
   async forUser(request: UserRequest, atLeast: number, timeoutMs: number): Promise<RankCandidate[]> {
-    const client = this.need();
+    if (!this.batches) throw notConfigured();
     const k = Math.min(MAX_K, Math.max(this.options.k, atLeast));
-    const response = await client.getCandidates({ userId: request.userId, k, context: request.context, columnar: true }, { timeoutMs });
+    const response = await this.batches.load({ userId: request.userId, k, context: request.context, columnar: true }, timeoutMs);
     const columns = response.columns;
     if (!columns) return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
     return columns.itemIds.map((itemId, i) => ({
@@ -62,7 +83,7 @@ export class CandidateReader {
   }
 
   private need(): Client<typeof RetrievalService> {
-    if (!this.client) throw new Error("no retrieval service configured (RETRIEVAL_ADDR)");
+    if (!this.client) throw notConfigured();
     return this.client;
   }
 }

@@ -58,8 +58,8 @@ export function contextBucket(context: RequestContext | undefined, nowMs = Date.
 }
 
 /**
- * The request's on-demand features computed here, with the feature service's
- * definitions (registry view "request"): used when the feature service cannot answer.
+ * The request's on-demand features the rankers use, computed here with the feature
+ * service's definitions (registry view "request"), so a user read needs no context.
  */
 export function localRequestFeatures(context: RequestContext | undefined, nowMs = Date.now()): Record<string, number> {
   const angle = (2 * Math.PI * localHour(context, nowMs)) / 24;

@@ -1,10 +1,11 @@
 import type { Client } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import type { FeatureValue, RequestContext } from "../../gen/recsys/common/v1/common_pb.js";
-import { FeatureStatus, type FeatureResult, type FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
+import { FeatureStatus, type EntityFeatures, type FeatureResult, type FeatureService } from "../../gen/recsys/feature/v1/feature_pb.js";
 import { ModelLoadError } from "./models.js";
 import { localRequestFeatures, type UserRequest } from "./context.js";
-import { itemFeatureLookups } from "./metrics.js";
+import { batchedCallRequests, itemFeatureLookups } from "./metrics.js";
+import { TurnBatcher } from "./turn-batcher.js";
 
 /** A feature value as plain data: numbers (int64 and bool too), strings, lists and maps. */
 export type PlainValue = number | string | string[] | Record<string, number>;
@@ -29,8 +30,12 @@ export interface ItemInput {
   embeddingDot: number;
 }
 
-/** User features the rankers need (views or single features). */
-export const USER_FEATURE_REFS = ["user_profile", "user_stream:clicks_1h", "user_stream:last_click_category", "request"];
+/**
+ * User features the rankers need (views or single features). The request view's
+ * features are computed here from each request's context (localRequestFeatures, the
+ * feature service's definitions), so one read can carry users of different requests.
+ */
+export const USER_FEATURE_REFS = ["user_profile", "user_stream:clicks_1h", "user_stream:last_click_category"];
 /** Item features the rankers need. */
 export const ITEM_FEATURE_REFS = ["item_profile", "item_stream:events_24h"];
 
@@ -169,6 +174,9 @@ interface CachedBag {
   expiresAt: number;
 }
 
+/** One read carries at most this many users; the rest of a turn's users go in further reads. */
+const USER_BATCH = 64;
+
 /** One background read carries at most this many items (the request's limit is 2000). */
 const REFRESH_BATCH = 1000;
 /** A background read that takes longer is given up; the entries stay queued for the next one. */
@@ -186,6 +194,8 @@ export class FeatureReader {
   private readonly items: LRUCache<string, CachedBag>;
   private readonly refreshQueue = new Set<string>();
   private refreshing = false;
+  /** The user reads of one event-loop turn share a call (turn-batcher.ts). */
+  private readonly userReads: TurnBatcher<string, EntityFeatures | undefined>;
   private readonly now: () => number;
 
   constructor(
@@ -195,24 +205,31 @@ export class FeatureReader {
     this.users = new LRUCache({ max: options.userCacheEntries, ttl: options.userCacheTtlMs });
     this.items = new LRUCache({ max: options.itemCacheEntries });
     this.now = options.now ?? Date.now;
+    this.userReads = new TurnBatcher((userIds, timeoutMs) => this.readUsers(userIds, timeoutMs), USER_BATCH, (requests) =>
+      batchedCallRequests.observe({ version: options.version, call: "user_features" }, requests),
+    );
   }
 
   /** User and request features, live. Throws when the feature service cannot answer within the budget. */
   async user({ userId, context }: UserRequest, timeoutMs: number): Promise<UserFeatures> {
     if (!this.client) throw new Error("no feature service configured (FEATURE_ADDR)");
-    const response = await this.client.getOnlineFeatures({ userIds: [userId], featureRefs: USER_FEATURE_REFS, context }, { timeoutMs });
-    const entity = response.users[0];
+    const entity = await this.userReads.load(userId, timeoutMs);
     const stored = Object.values(entity?.features ?? {}).filter((r) => r.status === FeatureStatus.PRESENT);
-    const request: Record<string, number> = { ...localRequestFeatures(context) };
-    for (const [ref, result] of Object.entries(response.requestFeatures)) request[ref.slice(ref.indexOf(":") + 1)] = num(plain(result.value));
     const features: UserFeatures = {
       user: bagOf(entity?.features ?? {}),
-      request,
+      request: localRequestFeatures(context),
       ageSeconds: stored.reduce((oldest, r) => Math.max(oldest, r.ageSeconds), 0),
       source: "live",
     };
     this.users.set(userId, features);
     return features;
+  }
+
+  /** The users' features in id order (undefined where the answer has none), in one call. */
+  private async readUsers(userIds: string[], timeoutMs: number): Promise<(EntityFeatures | undefined)[]> {
+    const response = await this.client!.getOnlineFeatures({ userIds: [...new Set(userIds)], featureRefs: USER_FEATURE_REFS }, { timeoutMs });
+    const byId = new Map(response.users.map((entity) => [entity.entityId, entity]));
+    return userIds.map((id) => byId.get(id));
   }
 
   /** The user's last live features with this request's context, else defaults: never fails. */

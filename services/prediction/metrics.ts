@@ -32,6 +32,14 @@ export const itemFeatureLookups = new Counter({
   registers: [registry],
 });
 
+export const batchedCallRequests = new Histogram({
+  name: "recsys_prediction_batched_call_requests",
+  help: "Requests per call to a dependency (call: user_features, candidates): the requests of one event-loop turn share a call, so under load a call carries several.",
+  labelNames: ["version", "call"] as const,
+  buckets: [1, 2, 4, 8, 16, 32, 64],
+  registers: [registry],
+});
+
 export const computations = new Counter({
   name: "recsys_prediction_computations_total",
   help: "Predictions computed (after coalescing), by reason: request or background refresh.",

@@ -4,6 +4,7 @@ import {
   PopularKind,
   RetrievalService,
   type Filter,
+  type GetCandidatesRequest,
   type SearchRequest,
 } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { Code, implement, invalidArgument, Reason, requireAdmin, statusError } from "../kit/index.js";
@@ -138,6 +139,49 @@ export function retrievalService({ config, resources }: RetrievalDeps) {
     sources: [{ source, score: item.score }],
   });
 
+  /** Multi-source candidates for one request: ANN, popular/trending by category and neighbours of recent items, fused. */
+  async function candidates(request: GetCandidatesRequest) {
+    const { store, users, popular } = ready();
+    const index = store.index;
+    const annK = request.annK || config.CANDIDATES_ANN_K;
+    const popularK = request.popularK || config.CANDIDATES_POPULAR_K;
+    const filter = searchFilter(request.filter);
+    const recent = [...new Set(request.recentItemIds)].filter((itemId) => index.has(itemId));
+
+    // Popular and trending: per included category when the filter names them, else
+    // overall plus the user's top categories. Read first, so Redis works while we search.
+    const excludedCategories = new Set(filter.excludeCategories);
+    const categories = (filter.includeCategories.length > 0
+      ? [...filter.includeCategories]
+      : [ALL_CATEGORIES, ...topCategories(index, recent, config.CANDIDATES_TOP_CATEGORIES)]
+    ).filter((category) => !excludedCategories.has(category));
+    const lists = popular.read(
+      listKinds.flatMap((kind) => categories.map((category) => ({ kind, category }))),
+      listReadCount(popularK, filter.excludeItemIds.length),
+    );
+
+    const results: SourceResult[] = [];
+    const user = userVector(users, request.userId, index.dim);
+    if (user) {
+      const { hits, source } = timedSearch(index, user, annK, filter, 0, false);
+      results.push({ source, items: hits });
+    }
+    if (recent.length > 0) {
+      const seedFilter = searchFilter(request.filter, recent);
+      const neighbours: Hit[][] = recent.map((itemId) => timedSearch(index, index.vectorOf(itemId)!, config.CANDIDATES_ITEM_TO_ITEM_K, seedFilter, 0, false).hits);
+      results.push({ source: CandidateSource.ITEM_TO_ITEM, items: interleave(neighbours) });
+    }
+
+    results.push(...listSources(await lists, index, filter, popularK));
+    for (const { source, items } of results) sourceCandidates.observe({ source: CandidateSource[source] }, items.length);
+    const fused = fuseCandidates(results, request.k);
+    return {
+      ...(request.columnar ? { columns: toColumns(fused) } : { candidates: fused }),
+      indexVersion: index.version,
+      personalized: user !== undefined,
+    };
+  }
+
   return implement(RetrievalService, {
     async search(request) {
       const { store, users } = ready();
@@ -148,46 +192,10 @@ export function retrievalService({ config, resources }: RetrievalDeps) {
       return { candidates: hits.map((hit) => asCandidate(hit, source)), indexVersion: index.version };
     },
 
-    async getCandidates(request) {
-      const { store, users, popular } = ready();
-      const index = store.index;
-      const annK = request.annK || config.CANDIDATES_ANN_K;
-      const popularK = request.popularK || config.CANDIDATES_POPULAR_K;
-      const filter = searchFilter(request.filter);
-      const recent = [...new Set(request.recentItemIds)].filter((itemId) => index.has(itemId));
+    getCandidates: (request) => candidates(request),
 
-      // Popular and trending: per included category when the filter names them, else
-      // overall plus the user's top categories. Read first, so Redis works while we search.
-      const excludedCategories = new Set(filter.excludeCategories);
-      const categories = (filter.includeCategories.length > 0
-        ? [...filter.includeCategories]
-        : [ALL_CATEGORIES, ...topCategories(index, recent, config.CANDIDATES_TOP_CATEGORIES)]
-      ).filter((category) => !excludedCategories.has(category));
-      const lists = popular.read(
-        listKinds.flatMap((kind) => categories.map((category) => ({ kind, category }))),
-        listReadCount(popularK, filter.excludeItemIds.length),
-      );
-
-      const results: SourceResult[] = [];
-      const user = userVector(users, request.userId, index.dim);
-      if (user) {
-        const { hits, source } = timedSearch(index, user, annK, filter, 0, false);
-        results.push({ source, items: hits });
-      }
-      if (recent.length > 0) {
-        const seedFilter = searchFilter(request.filter, recent);
-        const neighbours: Hit[][] = recent.map((itemId) => timedSearch(index, index.vectorOf(itemId)!, config.CANDIDATES_ITEM_TO_ITEM_K, seedFilter, 0, false).hits);
-        results.push({ source: CandidateSource.ITEM_TO_ITEM, items: interleave(neighbours) });
-      }
-
-      results.push(...listSources(await lists, index, filter, popularK));
-      for (const { source, items } of results) sourceCandidates.observe({ source: CandidateSource[source] }, items.length);
-      const candidates = fuseCandidates(results, request.k);
-      return {
-        ...(request.columnar ? { columns: toColumns(candidates) } : { candidates }),
-        indexVersion: index.version,
-        personalized: user !== undefined,
-      };
+    async getCandidatesBatch(request) {
+      return { responses: await Promise.all(request.requests.map((one) => candidates(one))) };
     },
 
     async getPopular(request) {

@@ -7,12 +7,12 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { BadRequestSchema, ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../../../gen/grpc/health/v1/health_pb.js";
-import { Device, Priority } from "../../../gen/recsys/common/v1/common_pb.js";
+import { Device, Priority, RequestContextSchema } from "../../../gen/recsys/common/v1/common_pb.js";
 import { ExperimentService, ExperimentStatus } from "../../../gen/recsys/experiment/v1/experiment_pb.js";
 import { FeatureService } from "../../../gen/recsys/feature/v1/feature_pb.js";
 import { CacheLevel, FallbackLevel, PredictionService, type PredictRequest } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { RetrievalService } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { PredictRequestSchema } from "../../../gen/recsys/prediction/v1/prediction_pb.js";
 import { freePort } from "../../../scripts/lib/processes.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
@@ -23,6 +23,7 @@ import { startRetrievalService } from "../../retrieval/server.js";
 import { loadPredictionConfig } from "../config.js";
 import { precompute } from "../precompute.js";
 import { startPredictionService } from "../server.js";
+import { CandidateReader } from "../candidates.js";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
 import { clickPopularItems, copyModels, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
 
@@ -290,7 +291,7 @@ describe("prediction service through real feature, retrieval and experiment serv
 
     it("popular, by the user's favourite category: retrieval cannot give candidates, the local copy of the popular lists answers without asking it", async () => {
       featureProxy.inject({});
-      retrievalProxy.inject({ GetCandidates: { fail: Code.Unavailable } });
+      retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unavailable } });
       const popularCalls = retrievalProxy.calls.GetPopular ?? 0;
       const metadata = await rungOf({ userId: popular.userId, context: mobile, bypassCache: true });
       expect(metadata.fallbackLevel).toBe(FallbackLevel.POPULAR);
@@ -318,7 +319,7 @@ describe("prediction service through real feature, retrieval and experiment serv
         expect(response.predictions).toHaveLength(10);
         return response.metadata!;
       };
-      retrievalProxy.inject({ GetCandidates: { fail: Code.Unavailable } });
+      retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unavailable } });
       expect(await ask()).toMatchObject({ fallbackLevel: FallbackLevel.POPULAR });
       retrievalProxy.inject({ "*": { fail: Code.Unavailable } });
       const metadata = await ask();
@@ -330,8 +331,8 @@ describe("prediction service through real feature, retrieval and experiment serv
     it("with 30% of retrieval calls failing, under 2% of answers are static", async () => {
       featureProxy.inject({});
       retrievalProxy.inject({ "*": { fail: Code.Unavailable, failRatio: 0.3 } });
-      const callsBefore = retrievalProxy.calls.GetCandidates ?? 0;
-      const failedBefore = retrievalProxy.failed.GetCandidates ?? 0;
+      const callsBefore = retrievalProxy.calls.GetCandidatesBatch ?? 0;
+      const failedBefore = retrievalProxy.failed.GetCandidatesBatch ?? 0;
       const total = 100;
       const rungs = new Map<FallbackLevel, number>();
       let next = 0;
@@ -343,8 +344,8 @@ describe("prediction service through real feature, retrieval and experiment serv
         }
       };
       await Promise.all(Array.from({ length: 4 }, worker));
-      const calls = (retrievalProxy.calls.GetCandidates ?? 0) - callsBefore;
-      const failed = (retrievalProxy.failed.GetCandidates ?? 0) - failedBefore;
+      const calls = (retrievalProxy.calls.GetCandidatesBatch ?? 0) - callsBefore;
+      const failed = (retrievalProxy.failed.GetCandidatesBatch ?? 0) - failedBefore;
       // The fault really hit about 30% of the candidate calls, and each of those answered from a rung below.
       expect(failed / calls).toBeGreaterThan(0.15);
       expect(failed / calls).toBeLessThan(0.45);
@@ -361,7 +362,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     const ask = (userId: string, priority: Priority) =>
       narrowClient.predict({ userId, context: mobile, bypassCache: true, priority, modelVariant: "default" }, { timeoutMs: GENEROUS_MS });
     // The holder takes the only slot and keeps it until released: the queue backs up for as long as the test needs.
-    retrievalProxy.inject({ GetCandidates: { hold: true } });
+    retrievalProxy.inject({ GetCandidatesBatch: { hold: true } });
     const holder = ask("u000020", Priority.HIGH);
     await retrievalProxy.whenHeld(1);
     const high = ask("u000023", Priority.HIGH);
@@ -375,10 +376,23 @@ describe("prediction service through real feature, retrieval and experiment serv
     await narrow.shutdown();
   });
 
+  it("sends the candidate requests of one turn as one GetCandidatesBatch call, each answered as if alone", async () => {
+    const reader = new CandidateReader(createServiceClient(RetrievalService, retrievalProxy.address), { k: 50, version: "batch-test" });
+    const users = ["u000030", "u000031", "u000032", "u000033", "u000034", "u000035"];
+    const context = create(RequestContextSchema, mobile);
+    const alone = [];
+    for (const userId of users) alone.push(await reader.forUser({ userId, context }, 0, GENEROUS_MS));
+    const before = retrievalProxy.calls.GetCandidatesBatch ?? 0;
+    const together = await Promise.all(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
+    expect((retrievalProxy.calls.GetCandidatesBatch ?? 0) - before).toBe(1);
+    expect(together).toEqual(alone);
+    expect(new Set(together.map((candidates) => candidates.map((c) => c.itemId).join())).size).toBeGreaterThan(1);
+  });
+
   it("runs one computation for N identical concurrent requests", async () => {
     const n = 16;
-    retrievalProxy.inject({ GetCandidates: { hold: true } });
-    const before = retrievalProxy.calls.GetCandidates ?? 0;
+    retrievalProxy.inject({ GetCandidatesBatch: { hold: true } });
+    const before = retrievalProxy.calls.GetCandidatesBatch ?? 0;
     const joinedBefore = await metricValue("recsys_prediction_coalesced_total", { version: "v1" });
     const request = { userId: "u000012", context: mobile, bypassCache: true, priority: Priority.HIGH, modelVariant: "default" };
     const answers = Promise.all(Array.from({ length: n }, () => predict(request)));
@@ -388,7 +402,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     retrievalProxy.inject({});
     retrievalProxy.release();
     const responses = await answers;
-    expect((retrievalProxy.calls.GetCandidates ?? 0) - before).toBe(1);
+    expect((retrievalProxy.calls.GetCandidatesBatch ?? 0) - before).toBe(1);
     expect(new Set(responses.map((r) => JSON.stringify(r.predictions))).size).toBe(1);
     expect(responses.every((r) => r.metadata!.fallbackLevel === FallbackLevel.PRIMARY)).toBe(true);
   });

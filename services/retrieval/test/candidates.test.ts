@@ -3,7 +3,7 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { CandidateSource, PopularKind, RetrievalService, type Candidate } from "../../../gen/recsys/retrieval/v1/retrieval_pb.js";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
 import type { RedisClient } from "../../kit/redis.js";
@@ -121,6 +121,26 @@ describe("candidates and popular lists with Redis", () => {
     // Everything in both lists the index still has (item-501 was deleted above).
     const expected = ["item-500", ...[2, 3, 4, 5, 6, 7, 8, 9].map((i) => `item-50${i}`), ...[0, 1, 2, 3, 4].map((i) => `item-70${i}`)];
     expect(ids(response.candidates).sort()).toEqual(expected.sort());
+  });
+
+  it("answers a batch as it answers each of its requests, in order; a bad request names its place in the batch", async () => {
+    const requests = [
+      { userId: "user-1", k: 40, recentItemIds: ["item-2"], columnar: true },
+      { userId: "someone-new", k: 20, popularK: 10 },
+      { userId: "user-3", k: 30, filter: { includeCategories: ["cat-4"] } },
+    ];
+    const batch = await client.getCandidatesBatch({ requests });
+    const single = await Promise.all(requests.map((request) => client.getCandidates(request)));
+    expect(batch.responses).toEqual(single);
+    expect(batch.responses[0]!.columns?.itemIds).toHaveLength(40);
+    expect(batch.responses[1]!.personalized).toBe(false);
+    const invalid = await client.getCandidatesBatch({ requests: [requests[0]!, { userId: "", k: 10 }] }).catch((err: unknown) => ConnectError.from(err));
+    expect(invalid).toBeInstanceOf(ConnectError);
+    expect((invalid as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((invalid as ConnectError).rawMessage).toContain("requests[1].user_id");
+    const tooMany = await client.getCandidatesBatch({ requests: Array.from({ length: 65 }, () => requests[1]!) }).catch((err: unknown) => ConnectError.from(err));
+    expect((tooMany as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((tooMany as ConnectError).rawMessage).toContain("requests");
   });
 
   it("keeps answering from the catalogue when Redis is down, and says so in /metrics", async () => {

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file recsys/retrieval/v1/retrieval.proto.
  */
 export const file_recsys_retrieval_v1_retrieval: GenFile = /*@__PURE__*/
-  fileDesc("CiNyZWNzeXMvcmV0cmlldmFsL3YxL3JldHJpZXZhbC5wcm90bxITcmVjc3lzLnJldHJpZXZhbC52MSIoCglFbWJlZGRpbmcSGwoGdmFsdWVzGAEgAygCQgu6SAiSAQUIARCAICJ7CgZGaWx0ZXISJQoSaW5jbHVkZV9jYXRlZ29yaWVzGAEgAygJQgm6SAaSAQMQgAISJQoSZXhjbHVkZV9jYXRlZ29yaWVzGAIgAygJQgm6SAaSAQMQgAISIwoQZXhjbHVkZV9pdGVtX2lkcxgDIAMoCUIJukgGkgEDEJBOIv0BCg1TZWFyY2hSZXF1ZXN0Eh0KB3VzZXJfaWQYASABKAlCCrpIB3IFEAEYgAFIABIzCgllbWJlZGRpbmcYAiABKAsyHi5yZWNzeXMucmV0cmlldmFsLnYxLkVtYmVkZGluZ0gAEh0KB2l0ZW1faWQYAyABKAlCCrpIB3IFEAEYgAFIABIVCgFrGAQgASgFQgq6SAcaBRjoBygBEisKBmZpbHRlchgFIAEoCzIbLnJlY3N5cy5yZXRyaWV2YWwudjEuRmlsdGVyEhYKAmVmGAYgASgFQgq6SAcaBRigHygAEg0KBWV4YWN0GAcgASgIQg4KBXF1ZXJ5EgW6SAIIASJwCglDYW5kaWRhdGUSDwoHaXRlbV9pZBgBIAEoCRINCgVzY29yZRgCIAEoAhIQCghjYXRlZ29yeRgDIAEoCRIxCgdzb3VyY2VzGAQgAygLMiAucmVjc3lzLnJldHJpZXZhbC52MS5Tb3VyY2VTY29yZSJSCgtTb3VyY2VTY29yZRI0CgZzb3VyY2UYASABKA4yJC5yZWNzeXMucmV0cmlldmFsLnYxLkNhbmRpZGF0ZVNvdXJjZRINCgVzY29yZRgCIAEoAiJbCg5TZWFyY2hSZXNwb25zZRIyCgpjYW5kaWRhdGVzGAEgAygLMh4ucmVjc3lzLnJldHJpZXZhbC52MS5DYW5kaWRhdGUSFQoNaW5kZXhfdmVyc2lvbhgCIAEoCSKZAgoUR2V0Q2FuZGlkYXRlc1JlcXVlc3QSGwoHdXNlcl9pZBgBIAEoCUIKukgHcgUQARiAARIVCgFrGAIgASgFQgq6SAcaBRjoBygBEisKBmZpbHRlchgDIAEoCzIbLnJlY3N5cy5yZXRyaWV2YWwudjEuRmlsdGVyEiEKD3JlY2VudF9pdGVtX2lkcxgEIAMoCUIIukgFkgECEDISMQoHY29udGV4dBgFIAEoCzIgLnJlY3N5cy5jb21tb24udjEuUmVxdWVzdENvbnRleHQSGQoFYW5uX2sYBiABKAVCCrpIBxoFGOgHKAASHQoJcG9wdWxhcl9rGAcgASgFQgq6SAcaBRjoBygAEhAKCGNvbHVtbmFyGAggASgIIrABChVHZXRDYW5kaWRhdGVzUmVzcG9uc2USMgoKY2FuZGlkYXRlcxgBIAMoCzIeLnJlY3N5cy5yZXRyaWV2YWwudjEuQ2FuZGlkYXRlEhUKDWluZGV4X3ZlcnNpb24YAiABKAkSFAoMcGVyc29uYWxpemVkGAMgASgIEjYKB2NvbHVtbnMYBCABKAsyJS5yZWNzeXMucmV0cmlldmFsLnYxLkNhbmRpZGF0ZUNvbHVtbnMiegoQQ2FuZGlkYXRlQ29sdW1ucxIQCghpdGVtX2lkcxgBIAMoCRIOCgZzY29yZXMYAiABKAwSFgoOY2F0ZWdvcnlfbmFtZXMYAyADKAkSFgoOY2F0ZWdvcnlfaW5kZXgYBCADKA0SFAoMc291cmNlX21hc2tzGAUgAygNIn8KEUdldFBvcHVsYXJSZXF1ZXN0EhkKCGNhdGVnb3J5GAEgASgJQge6SARyAhhAEhUKAWsYAiABKAVCCrpIBxoFGOgHKAESOAoEa2luZBgDIAEoDjIgLnJlY3N5cy5yZXRyaWV2YWwudjEuUG9wdWxhcktpbmRCCLpIBYIBAhABIkgKEkdldFBvcHVsYXJSZXNwb25zZRIyCgpjYW5kaWRhdGVzGAEgAygLMh4ucmVjc3lzLnJldHJpZXZhbC52MS5DYW5kaWRhdGUiXQoESXRlbRIbCgdpdGVtX2lkGAEgASgJQgq6SAdyBRABGIABEhsKCGNhdGVnb3J5GAIgASgJQgm6SAZyBBABGEASGwoJZW1iZWRkaW5nGAMgAygCQgi6SAWSAQIIASJLChJVcHNlcnRJdGVtc1JlcXVlc3QSNQoFaXRlbXMYASADKAsyGS5yZWNzeXMucmV0cmlldmFsLnYxLkl0ZW1CC7pICJIBBQgBEJBOIk8KE1Vwc2VydEl0ZW1zUmVzcG9uc2USEAoIaW5zZXJ0ZWQYASABKAUSDwoHdXBkYXRlZBgCIAEoBRIVCg1pbmRleF92ZXJzaW9uGAMgASgJIjkKEkRlbGV0ZUl0ZW1zUmVxdWVzdBIjCghpdGVtX2lkcxgBIAMoCUIRukgOkgELCAEQkE4iBHICEAEiOQoTRGVsZXRlSXRlbXNSZXNwb25zZRIPCgdkZWxldGVkGAEgASgFEhEKCW5vdF9mb3VuZBgCIAEoBSISChBJbmRleEluZm9SZXF1ZXN0IuwBChFJbmRleEluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEgwKBHNpemUYAiABKAMSDwoHZGVsZXRlZBgDIAEoAxIQCghjYXBhY2l0eRgEIAEoAxIRCglkaW1lbnNpb24YBSABKAUSCQoBbRgGIAEoBRIXCg9lZl9jb25zdHJ1Y3Rpb24YByABKAUSEQoJZWZfc2VhcmNoGAggASgFEg0KBXNwYWNlGAkgASgJEiwKCGJ1aWx0X2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZvcmlnaW4YCyABKAkiFQoTUmVidWlsZEluZGV4UmVxdWVzdCJhChRSZWJ1aWxkSW5kZXhSZXNwb25zZRIYChBwcmV2aW91c192ZXJzaW9uGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoAxIQCghidWlsZF9tcxgEIAEoASrJAQoPQ2FuZGlkYXRlU291cmNlEiAKHENBTkRJREFURV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIYChRDQU5ESURBVEVfU09VUkNFX0FOThABEhwKGENBTkRJREFURV9TT1VSQ0VfUE9QVUxBUhACEh0KGUNBTkRJREFURV9TT1VSQ0VfVFJFTkRJTkcQAxIhCh1DQU5ESURBVEVfU09VUkNFX0lURU1fVE9fSVRFTRAEEhoKFkNBTkRJREFURV9TT1VSQ0VfRVhBQ1QQBSpgCgtQb3B1bGFyS2luZBIcChhQT1BVTEFSX0tJTkRfVU5TUEVDSUZJRUQQABIYChRQT1BVTEFSX0tJTkRfUE9QVUxBUhABEhkKFVBPUFVMQVJfS0lORF9UUkVORElORxACMrEFChBSZXRyaWV2YWxTZXJ2aWNlElEKBlNlYXJjaBIiLnJlY3N5cy5yZXRyaWV2YWwudjEuU2VhcmNoUmVxdWVzdBojLnJlY3N5cy5yZXRyaWV2YWwudjEuU2VhcmNoUmVzcG9uc2USZgoNR2V0Q2FuZGlkYXRlcxIpLnJlY3N5cy5yZXRyaWV2YWwudjEuR2V0Q2FuZGlkYXRlc1JlcXVlc3QaKi5yZWNzeXMucmV0cmlldmFsLnYxLkdldENhbmRpZGF0ZXNSZXNwb25zZRJdCgpHZXRQb3B1bGFyEiYucmVjc3lzLnJldHJpZXZhbC52MS5HZXRQb3B1bGFyUmVxdWVzdBonLnJlY3N5cy5yZXRyaWV2YWwudjEuR2V0UG9wdWxhclJlc3BvbnNlEmAKC1Vwc2VydEl0ZW1zEicucmVjc3lzLnJldHJpZXZhbC52MS5VcHNlcnRJdGVtc1JlcXVlc3QaKC5yZWNzeXMucmV0cmlldmFsLnYxLlVwc2VydEl0ZW1zUmVzcG9uc2USYAoLRGVsZXRlSXRlbXMSJy5yZWNzeXMucmV0cmlldmFsLnYxLkRlbGV0ZUl0ZW1zUmVxdWVzdBooLnJlY3N5cy5yZXRyaWV2YWwudjEuRGVsZXRlSXRlbXNSZXNwb25zZRJaCglJbmRleEluZm8SJS5yZWNzeXMucmV0cmlldmFsLnYxLkluZGV4SW5mb1JlcXVlc3QaJi5yZWNzeXMucmV0cmlldmFsLnYxLkluZGV4SW5mb1Jlc3BvbnNlEmMKDFJlYnVpbGRJbmRleBIoLnJlY3N5cy5yZXRyaWV2YWwudjEuUmVidWlsZEluZGV4UmVxdWVzdBopLnJlY3N5cy5yZXRyaWV2YWwudjEuUmVidWlsZEluZGV4UmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp, file_recsys_common_v1_common]);
+  fileDesc("CiNyZWNzeXMvcmV0cmlldmFsL3YxL3JldHJpZXZhbC5wcm90bxITcmVjc3lzLnJldHJpZXZhbC52MSIoCglFbWJlZGRpbmcSGwoGdmFsdWVzGAEgAygCQgu6SAiSAQUIARCAICJ7CgZGaWx0ZXISJQoSaW5jbHVkZV9jYXRlZ29yaWVzGAEgAygJQgm6SAaSAQMQgAISJQoSZXhjbHVkZV9jYXRlZ29yaWVzGAIgAygJQgm6SAaSAQMQgAISIwoQZXhjbHVkZV9pdGVtX2lkcxgDIAMoCUIJukgGkgEDEJBOIv0BCg1TZWFyY2hSZXF1ZXN0Eh0KB3VzZXJfaWQYASABKAlCCrpIB3IFEAEYgAFIABIzCgllbWJlZGRpbmcYAiABKAsyHi5yZWNzeXMucmV0cmlldmFsLnYxLkVtYmVkZGluZ0gAEh0KB2l0ZW1faWQYAyABKAlCCrpIB3IFEAEYgAFIABIVCgFrGAQgASgFQgq6SAcaBRjoBygBEisKBmZpbHRlchgFIAEoCzIbLnJlY3N5cy5yZXRyaWV2YWwudjEuRmlsdGVyEhYKAmVmGAYgASgFQgq6SAcaBRigHygAEg0KBWV4YWN0GAcgASgIQg4KBXF1ZXJ5EgW6SAIIASJwCglDYW5kaWRhdGUSDwoHaXRlbV9pZBgBIAEoCRINCgVzY29yZRgCIAEoAhIQCghjYXRlZ29yeRgDIAEoCRIxCgdzb3VyY2VzGAQgAygLMiAucmVjc3lzLnJldHJpZXZhbC52MS5Tb3VyY2VTY29yZSJSCgtTb3VyY2VTY29yZRI0CgZzb3VyY2UYASABKA4yJC5yZWNzeXMucmV0cmlldmFsLnYxLkNhbmRpZGF0ZVNvdXJjZRINCgVzY29yZRgCIAEoAiJbCg5TZWFyY2hSZXNwb25zZRIyCgpjYW5kaWRhdGVzGAEgAygLMh4ucmVjc3lzLnJldHJpZXZhbC52MS5DYW5kaWRhdGUSFQoNaW5kZXhfdmVyc2lvbhgCIAEoCSKZAgoUR2V0Q2FuZGlkYXRlc1JlcXVlc3QSGwoHdXNlcl9pZBgBIAEoCUIKukgHcgUQARiAARIVCgFrGAIgASgFQgq6SAcaBRjoBygBEisKBmZpbHRlchgDIAEoCzIbLnJlY3N5cy5yZXRyaWV2YWwudjEuRmlsdGVyEiEKD3JlY2VudF9pdGVtX2lkcxgEIAMoCUIIukgFkgECEDISMQoHY29udGV4dBgFIAEoCzIgLnJlY3N5cy5jb21tb24udjEuUmVxdWVzdENvbnRleHQSGQoFYW5uX2sYBiABKAVCCrpIBxoFGOgHKAASHQoJcG9wdWxhcl9rGAcgASgFQgq6SAcaBRjoBygAEhAKCGNvbHVtbmFyGAggASgIIrABChVHZXRDYW5kaWRhdGVzUmVzcG9uc2USMgoKY2FuZGlkYXRlcxgBIAMoCzIeLnJlY3N5cy5yZXRyaWV2YWwudjEuQ2FuZGlkYXRlEhUKDWluZGV4X3ZlcnNpb24YAiABKAkSFAoMcGVyc29uYWxpemVkGAMgASgIEjYKB2NvbHVtbnMYBCABKAsyJS5yZWNzeXMucmV0cmlldmFsLnYxLkNhbmRpZGF0ZUNvbHVtbnMiZAoZR2V0Q2FuZGlkYXRlc0JhdGNoUmVxdWVzdBJHCghyZXF1ZXN0cxgBIAMoCzIpLnJlY3N5cy5yZXRyaWV2YWwudjEuR2V0Q2FuZGlkYXRlc1JlcXVlc3RCCrpIB5IBBAgBEEAiWwoaR2V0Q2FuZGlkYXRlc0JhdGNoUmVzcG9uc2USPQoJcmVzcG9uc2VzGAEgAygLMioucmVjc3lzLnJldHJpZXZhbC52MS5HZXRDYW5kaWRhdGVzUmVzcG9uc2UiegoQQ2FuZGlkYXRlQ29sdW1ucxIQCghpdGVtX2lkcxgBIAMoCRIOCgZzY29yZXMYAiABKAwSFgoOY2F0ZWdvcnlfbmFtZXMYAyADKAkSFgoOY2F0ZWdvcnlfaW5kZXgYBCADKA0SFAoMc291cmNlX21hc2tzGAUgAygNIn8KEUdldFBvcHVsYXJSZXF1ZXN0EhkKCGNhdGVnb3J5GAEgASgJQge6SARyAhhAEhUKAWsYAiABKAVCCrpIBxoFGOgHKAESOAoEa2luZBgDIAEoDjIgLnJlY3N5cy5yZXRyaWV2YWwudjEuUG9wdWxhcktpbmRCCLpIBYIBAhABIkgKEkdldFBvcHVsYXJSZXNwb25zZRIyCgpjYW5kaWRhdGVzGAEgAygLMh4ucmVjc3lzLnJldHJpZXZhbC52MS5DYW5kaWRhdGUiXQoESXRlbRIbCgdpdGVtX2lkGAEgASgJQgq6SAdyBRABGIABEhsKCGNhdGVnb3J5GAIgASgJQgm6SAZyBBABGEASGwoJZW1iZWRkaW5nGAMgAygCQgi6SAWSAQIIASJLChJVcHNlcnRJdGVtc1JlcXVlc3QSNQoFaXRlbXMYASADKAsyGS5yZWNzeXMucmV0cmlldmFsLnYxLkl0ZW1CC7pICJIBBQgBEJBOIk8KE1Vwc2VydEl0ZW1zUmVzcG9uc2USEAoIaW5zZXJ0ZWQYASABKAUSDwoHdXBkYXRlZBgCIAEoBRIVCg1pbmRleF92ZXJzaW9uGAMgASgJIjkKEkRlbGV0ZUl0ZW1zUmVxdWVzdBIjCghpdGVtX2lkcxgBIAMoCUIRukgOkgELCAEQkE4iBHICEAEiOQoTRGVsZXRlSXRlbXNSZXNwb25zZRIPCgdkZWxldGVkGAEgASgFEhEKCW5vdF9mb3VuZBgCIAEoBSISChBJbmRleEluZm9SZXF1ZXN0IuwBChFJbmRleEluZm9SZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEgwKBHNpemUYAiABKAMSDwoHZGVsZXRlZBgDIAEoAxIQCghjYXBhY2l0eRgEIAEoAxIRCglkaW1lbnNpb24YBSABKAUSCQoBbRgGIAEoBRIXCg9lZl9jb25zdHJ1Y3Rpb24YByABKAUSEQoJZWZfc2VhcmNoGAggASgFEg0KBXNwYWNlGAkgASgJEiwKCGJ1aWx0X2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZvcmlnaW4YCyABKAkiFQoTUmVidWlsZEluZGV4UmVxdWVzdCJhChRSZWJ1aWxkSW5kZXhSZXNwb25zZRIYChBwcmV2aW91c192ZXJzaW9uGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSDAoEc2l6ZRgDIAEoAxIQCghidWlsZF9tcxgEIAEoASrJAQoPQ2FuZGlkYXRlU291cmNlEiAKHENBTkRJREFURV9TT1VSQ0VfVU5TUEVDSUZJRUQQABIYChRDQU5ESURBVEVfU09VUkNFX0FOThABEhwKGENBTkRJREFURV9TT1VSQ0VfUE9QVUxBUhACEh0KGUNBTkRJREFURV9TT1VSQ0VfVFJFTkRJTkcQAxIhCh1DQU5ESURBVEVfU09VUkNFX0lURU1fVE9fSVRFTRAEEhoKFkNBTkRJREFURV9TT1VSQ0VfRVhBQ1QQBSpgCgtQb3B1bGFyS2luZBIcChhQT1BVTEFSX0tJTkRfVU5TUEVDSUZJRUQQABIYChRQT1BVTEFSX0tJTkRfUE9QVUxBUhABEhkKFVBPUFVMQVJfS0lORF9UUkVORElORxACMqgGChBSZXRyaWV2YWxTZXJ2aWNlElEKBlNlYXJjaBIiLnJlY3N5cy5yZXRyaWV2YWwudjEuU2VhcmNoUmVxdWVzdBojLnJlY3N5cy5yZXRyaWV2YWwudjEuU2VhcmNoUmVzcG9uc2USZgoNR2V0Q2FuZGlkYXRlcxIpLnJlY3N5cy5yZXRyaWV2YWwudjEuR2V0Q2FuZGlkYXRlc1JlcXVlc3QaKi5yZWNzeXMucmV0cmlldmFsLnYxLkdldENhbmRpZGF0ZXNSZXNwb25zZRJ1ChJHZXRDYW5kaWRhdGVzQmF0Y2gSLi5yZWNzeXMucmV0cmlldmFsLnYxLkdldENhbmRpZGF0ZXNCYXRjaFJlcXVlc3QaLy5yZWNzeXMucmV0cmlldmFsLnYxLkdldENhbmRpZGF0ZXNCYXRjaFJlc3BvbnNlEl0KCkdldFBvcHVsYXISJi5yZWNzeXMucmV0cmlldmFsLnYxLkdldFBvcHVsYXJSZXF1ZXN0GicucmVjc3lzLnJldHJpZXZhbC52MS5HZXRQb3B1bGFyUmVzcG9uc2USYAoLVXBzZXJ0SXRlbXMSJy5yZWNzeXMucmV0cmlldmFsLnYxLlVwc2VydEl0ZW1zUmVxdWVzdBooLnJlY3N5cy5yZXRyaWV2YWwudjEuVXBzZXJ0SXRlbXNSZXNwb25zZRJgCgtEZWxldGVJdGVtcxInLnJlY3N5cy5yZXRyaWV2YWwudjEuRGVsZXRlSXRlbXNSZXF1ZXN0GigucmVjc3lzLnJldHJpZXZhbC52MS5EZWxldGVJdGVtc1Jlc3BvbnNlEloKCUluZGV4SW5mbxIlLnJlY3N5cy5yZXRyaWV2YWwudjEuSW5kZXhJbmZvUmVxdWVzdBomLnJlY3N5cy5yZXRyaWV2YWwudjEuSW5kZXhJbmZvUmVzcG9uc2USYwoMUmVidWlsZEluZGV4EigucmVjc3lzLnJldHJpZXZhbC52MS5SZWJ1aWxkSW5kZXhSZXF1ZXN0GikucmVjc3lzLnJldHJpZXZhbC52MS5SZWJ1aWxkSW5kZXhSZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_recsys_common_v1_common]);
 
 /**
  * A query embedding.
@@ -363,6 +363,48 @@ export const GetCandidatesResponseSchema: GenMessage<GetCandidatesResponse> = /*
   messageDesc(file_recsys_retrieval_v1_retrieval, 7);
 
 /**
+ * Several candidate requests.
+ *
+ * @generated from message recsys.retrieval.v1.GetCandidatesBatchRequest
+ */
+export type GetCandidatesBatchRequest = Message<"recsys.retrieval.v1.GetCandidatesBatchRequest"> & {
+  /**
+   * Requests, answered in order; each is checked as a GetCandidatesRequest.
+   *
+   * @generated from field: repeated recsys.retrieval.v1.GetCandidatesRequest requests = 1;
+   */
+  requests: GetCandidatesRequest[];
+};
+
+/**
+ * Describes the message recsys.retrieval.v1.GetCandidatesBatchRequest.
+ * Use `create(GetCandidatesBatchRequestSchema)` to create a new message.
+ */
+export const GetCandidatesBatchRequestSchema: GenMessage<GetCandidatesBatchRequest> = /*@__PURE__*/
+  messageDesc(file_recsys_retrieval_v1_retrieval, 8);
+
+/**
+ * Several candidate responses.
+ *
+ * @generated from message recsys.retrieval.v1.GetCandidatesBatchResponse
+ */
+export type GetCandidatesBatchResponse = Message<"recsys.retrieval.v1.GetCandidatesBatchResponse"> & {
+  /**
+   * Responses in request order.
+   *
+   * @generated from field: repeated recsys.retrieval.v1.GetCandidatesResponse responses = 1;
+   */
+  responses: GetCandidatesResponse[];
+};
+
+/**
+ * Describes the message recsys.retrieval.v1.GetCandidatesBatchResponse.
+ * Use `create(GetCandidatesBatchResponseSchema)` to create a new message.
+ */
+export const GetCandidatesBatchResponseSchema: GenMessage<GetCandidatesBatchResponse> = /*@__PURE__*/
+  messageDesc(file_recsys_retrieval_v1_retrieval, 9);
+
+/**
  * Candidates as columns: entry i of each column describes the i-th candidate.
  *
  * @generated from message recsys.retrieval.v1.CandidateColumns
@@ -405,7 +447,7 @@ export type CandidateColumns = Message<"recsys.retrieval.v1.CandidateColumns"> &
  * Use `create(CandidateColumnsSchema)` to create a new message.
  */
 export const CandidateColumnsSchema: GenMessage<CandidateColumns> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 8);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 10);
 
 /**
  * A popular-list request.
@@ -440,7 +482,7 @@ export type GetPopularRequest = Message<"recsys.retrieval.v1.GetPopularRequest">
  * Use `create(GetPopularRequestSchema)` to create a new message.
  */
 export const GetPopularRequestSchema: GenMessage<GetPopularRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 9);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 11);
 
 /**
  * Popular items, best first.
@@ -461,7 +503,7 @@ export type GetPopularResponse = Message<"recsys.retrieval.v1.GetPopularResponse
  * Use `create(GetPopularResponseSchema)` to create a new message.
  */
 export const GetPopularResponseSchema: GenMessage<GetPopularResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 10);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 12);
 
 /**
  * An item to index.
@@ -496,7 +538,7 @@ export type Item = Message<"recsys.retrieval.v1.Item"> & {
  * Use `create(ItemSchema)` to create a new message.
  */
 export const ItemSchema: GenMessage<Item> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 11);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 13);
 
 /**
  * Items to upsert.
@@ -517,7 +559,7 @@ export type UpsertItemsRequest = Message<"recsys.retrieval.v1.UpsertItemsRequest
  * Use `create(UpsertItemsRequestSchema)` to create a new message.
  */
 export const UpsertItemsRequestSchema: GenMessage<UpsertItemsRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 12);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 14);
 
 /**
  * Result of an upsert.
@@ -552,7 +594,7 @@ export type UpsertItemsResponse = Message<"recsys.retrieval.v1.UpsertItemsRespon
  * Use `create(UpsertItemsResponseSchema)` to create a new message.
  */
 export const UpsertItemsResponseSchema: GenMessage<UpsertItemsResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 13);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 15);
 
 /**
  * Items to delete.
@@ -573,7 +615,7 @@ export type DeleteItemsRequest = Message<"recsys.retrieval.v1.DeleteItemsRequest
  * Use `create(DeleteItemsRequestSchema)` to create a new message.
  */
 export const DeleteItemsRequestSchema: GenMessage<DeleteItemsRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 14);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 16);
 
 /**
  * Result of a delete.
@@ -601,7 +643,7 @@ export type DeleteItemsResponse = Message<"recsys.retrieval.v1.DeleteItemsRespon
  * Use `create(DeleteItemsResponseSchema)` to create a new message.
  */
 export const DeleteItemsResponseSchema: GenMessage<DeleteItemsResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 15);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 17);
 
 /**
  * Request for index information.
@@ -616,7 +658,7 @@ export type IndexInfoRequest = Message<"recsys.retrieval.v1.IndexInfoRequest"> &
  * Use `create(IndexInfoRequestSchema)` to create a new message.
  */
 export const IndexInfoRequestSchema: GenMessage<IndexInfoRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 16);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 18);
 
 /**
  * The live index.
@@ -707,7 +749,7 @@ export type IndexInfoResponse = Message<"recsys.retrieval.v1.IndexInfoResponse">
  * Use `create(IndexInfoResponseSchema)` to create a new message.
  */
 export const IndexInfoResponseSchema: GenMessage<IndexInfoResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 17);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 19);
 
 /**
  * Request to rebuild.
@@ -722,7 +764,7 @@ export type RebuildIndexRequest = Message<"recsys.retrieval.v1.RebuildIndexReque
  * Use `create(RebuildIndexRequestSchema)` to create a new message.
  */
 export const RebuildIndexRequestSchema: GenMessage<RebuildIndexRequest> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 18);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 20);
 
 /**
  * Result of a rebuild.
@@ -764,7 +806,7 @@ export type RebuildIndexResponse = Message<"recsys.retrieval.v1.RebuildIndexResp
  * Use `create(RebuildIndexResponseSchema)` to create a new message.
  */
 export const RebuildIndexResponseSchema: GenMessage<RebuildIndexResponse> = /*@__PURE__*/
-  messageDesc(file_recsys_retrieval_v1_retrieval, 19);
+  messageDesc(file_recsys_retrieval_v1_retrieval, 21);
 
 /**
  * Where a candidate came from.
@@ -869,6 +911,18 @@ export const RetrievalService: GenService<{
     methodKind: "unary";
     input: typeof GetCandidatesRequestSchema;
     output: typeof GetCandidatesResponseSchema;
+  },
+  /**
+   * GetCandidates for several users in one call, answered in order: what a caller
+   * serving many requests at once sends, so the per-call cost is paid once. A
+   * request that fails fails the call.
+   *
+   * @generated from rpc recsys.retrieval.v1.RetrievalService.GetCandidatesBatch
+   */
+  getCandidatesBatch: {
+    methodKind: "unary";
+    input: typeof GetCandidatesBatchRequestSchema;
+    output: typeof GetCandidatesBatchResponseSchema;
   },
   /**
    * Popular or trending items, overall or in one category.
