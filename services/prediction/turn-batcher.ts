@@ -17,7 +17,7 @@ interface Pending<K, V> {
  * microseconds per extra key. Alone, a load waits for nothing but the end of its
  * turn (setImmediate). A call carries the longest budget of its loads; a load with
  * less gives up at its own deadline (DEADLINE_EXCEEDED), as it would alone, and a
- * failed call fails each of its loads with the call's error.
+ * failed call (or one that answers a different number of values) fails each of its loads.
  */
 export class TurnBatcher<K, V> {
   private pending: Pending<K, V>[] = [];
@@ -58,7 +58,11 @@ export class TurnBatcher<K, V> {
       batch.map((p) => p.key),
       timeoutMs,
     ).then(
-      (values) => settle((p, i) => p.resolve(values[i]!)),
+      (values) => {
+        if (values.length === batch.length) return settle((p, i) => p.resolve(values[i]!));
+        const err = new ConnectError(`the call answered ${values.length} of ${batch.length} requests`, Code.Internal);
+        settle((p) => p.reject(err));
+      },
       (err: unknown) => settle((p) => p.reject(err)),
     );
   }
