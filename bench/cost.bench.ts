@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { instances, localListeners } from "../envoy/topology.js";
 import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
-import { ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { cpuSeconds, ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ROOT } from "../scripts/lib/tools.js";
 
@@ -24,7 +24,6 @@ const concurrency = Number(process.env.COST_CONCURRENCY ?? 16);
 const scenarioFilter = (process.env.COST_SCENARIOS ?? "").split(",").filter(Boolean);
 /** COST_PROFILE_DIR=<dir>: every app writes a .cpuprofile there when the mesh stops. */
 const profileDir = process.env.COST_PROFILE_DIR;
-const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
 /** The mesh's processes, named by what listens: "prediction-v1 app", "edge", "redis"... */
 function meshProcesses(): Map<number, string> {
@@ -40,13 +39,6 @@ function meshProcesses(): Map<number, string> {
     processes.set(pid, what.replace(/ \(.*\)$/, "").replace(/ (ingress|admin|egress to \w+)$/, ""));
   }
   return processes;
-}
-
-function cpuSeconds(pid: number): number {
-  // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
 function snapshot(processes: Map<number, string>): Map<number, number> {

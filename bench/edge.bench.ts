@@ -8,17 +8,16 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { execFileSync } from "node:child_process";
 import { parse, stringify } from "yaml";
+import { stat } from "../scripts/lib/envoy-admin.js";
 import { startMesh } from "../scripts/lib/mesh.js";
 import { freePort, startProcess } from "../scripts/lib/processes.js";
 import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ROOT, tool } from "../scripts/lib/tools.js";
-import { ghz, ratio, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { cpuSeconds, ghz, ratio, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.EDGE_SECONDS ?? 8);
 const rounds = Number(process.env.EDGE_ROUNDS ?? 2);
-const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
 /** A parsed Envoy config: walked by key, as the tests walk them. */
 type Obj = Record<string, any>;
@@ -44,17 +43,6 @@ const variants: { name: string; change: (config: Obj) => void }[] = [
   { name: "without tracing", change: (config) => delete manager(config).tracing },
 ];
 
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
-}
-
-async function stat(admin: string, name: string): Promise<number> {
-  const text = await fetch(`${admin}/stats?filter=^${name.replace(/\./g, "\\.")}$`).then((r) => r.text(), () => "");
-  return Number(/: (\d+)/.exec(text)?.[1] ?? 0);
-}
-
 /** Runs echo through an edge started from `config` and returns its CPU per call. */
 async function measureVariant(name: string, config: Obj, dir: string, metadata: Record<string, string>): Promise<ScenarioResult> {
   const [port, adminPort] = [await freePort(), await freePort()];
@@ -68,7 +56,7 @@ async function measureVariant(name: string, config: Obj, dir: string, metadata: 
   try {
     const admin = `http://127.0.0.1:${adminPort}`;
     // Active health checking marks the echo sidecar healthy before the first call.
-    for (let waited = 0; (await stat(admin, "cluster.echo.membership_healthy")) < 1; waited += 100) {
+    for (let waited = 0; (await stat(admin, "cluster.echo.membership_healthy").catch(() => 0)) < 1; waited += 100) {
       if (waited > 30_000) throw new Error(`edge variant "${name}": echo never became healthy:\n${envoy.output()}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }

@@ -49,10 +49,11 @@ export class CandidateReader {
     private readonly options: CandidateReaderOptions,
   ) {
     if (client) {
+      const callSizes = batchedCallRequests.labels({ version: options.version, call: "candidates" });
       this.batches = new TurnBatcher(
         async (requests, timeoutMs) => (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses,
         CANDIDATE_BATCH,
-        (requests) => batchedCallRequests.observe({ version: options.version, call: "candidates" }, requests),
+        (requests) => callSizes.observe(requests),
       );
     }
   }

@@ -205,9 +205,8 @@ export class FeatureReader {
     this.users = new LRUCache({ max: options.userCacheEntries, ttl: options.userCacheTtlMs });
     this.items = new LRUCache({ max: options.itemCacheEntries });
     this.now = options.now ?? Date.now;
-    this.userReads = new TurnBatcher((userIds, timeoutMs) => this.readUsers(userIds, timeoutMs), USER_BATCH, (requests) =>
-      batchedCallRequests.observe({ version: options.version, call: "user_features" }, requests),
-    );
+    const callSizes = batchedCallRequests.labels({ version: options.version, call: "user_features" });
+    this.userReads = new TurnBatcher((userIds, timeoutMs) => this.readUsers(userIds, timeoutMs), USER_BATCH, (requests) => callSizes.observe(requests));
   }
 
   /** User and request features, live. Throws when the feature service cannot answer within the budget. */
