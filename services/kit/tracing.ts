@@ -1,4 +1,4 @@
-import { ROOT_CONTEXT, context, propagation, trace, type Context, type SpanContext, type TextMapGetter } from "@opentelemetry/api";
+import { ROOT_CONTEXT, context, propagation, trace, type Context, type SpanContext, type TextMapGetter, type Tracer } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
 import { ZipkinExporter } from "@opentelemetry/exporter-zipkin";
@@ -49,7 +49,13 @@ export async function shutdownTracing(): Promise<void> {
   await provider?.shutdown();
 }
 
-export const tracer = () => trace.getTracer("recsys-mesh");
+let serviceTracer: Tracer | undefined;
+/**
+ * The process's tracer, looked up once: the API's lookup builds a key and walks the
+ * provider's map on every call. Taken before initTracing it is the API's proxy, which
+ * hands over to the provider once one is registered.
+ */
+export const tracer = (): Tracer => (serviceTracer ??= trace.getTracer("recsys-mesh"));
 
 const metadataGetter: TextMapGetter<Metadata> = {
   keys: (carrier) => Object.keys(carrier.getMap()),

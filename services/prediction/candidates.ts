@@ -1,6 +1,7 @@
-import type { Client } from "@connectrpc/connect";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { CandidateSource, PopularKind, type Candidate, type GetCandidatesRequestSchema, type GetCandidatesResponse, type RetrievalService } from "../../gen/recsys/retrieval/v1/retrieval_pb.js";
+import type { Logger } from "../kit/index.js";
 import type { UserRequest } from "./context.js";
 import { batchedCallRequests } from "./metrics.js";
 import type { RankCandidate } from "./ranking.js";
@@ -11,12 +12,21 @@ export interface CandidateReaderOptions {
   k: number;
   /** The service version, for metrics. */
   version: string;
+  log?: Logger;
+  /** Milliseconds since the epoch (default Date.now); tests move it. */
+  now?: () => number;
 }
 
 const notConfigured = () => new Error("no retrieval service configured (RETRIEVAL_ADDR)");
 
 /** Requests per GetCandidatesBatch call (its limit). */
 const CANDIDATE_BATCH = 64;
+
+/**
+ * How long requests go one per call after retrieval answered GetCandidatesBatch with
+ * UNIMPLEMENTED (an older retrieval, during a rollout); then the batch call is tried again.
+ */
+export const BATCH_UNSUPPORTED_MS = 60_000;
 
 /** The most retrieval returns in one call (GetCandidates' and GetPopular's k). */
 const MAX_K = 1000;
@@ -43,19 +53,37 @@ function sourceNames(mask: number): string[] {
 export class CandidateReader {
   /** The candidate requests of one event-loop turn share a GetCandidatesBatch call (turn-batcher.ts). */
   private readonly batches: TurnBatcher<MessageInitShape<typeof GetCandidatesRequestSchema>, GetCandidatesResponse> | undefined;
+  /** Until when requests go one GetCandidates call each: retrieval said it has no GetCandidatesBatch. */
+  private singlesUntil = 0;
+  private readonly now: () => number;
 
   constructor(
     private readonly client: Client<typeof RetrievalService> | undefined,
     private readonly options: CandidateReaderOptions,
   ) {
+    this.now = options.now ?? Date.now;
     if (client) {
       const callSizes = batchedCallRequests.labels({ version: options.version, call: "candidates" });
-      this.batches = new TurnBatcher(
-        async (requests, timeoutMs) => (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses,
-        CANDIDATE_BATCH,
-        (requests) => callSizes.observe(requests),
-      );
+      this.batches = new TurnBatcher((requests, timeoutMs) => this.read(client, requests, timeoutMs), CANDIDATE_BATCH, (requests) => callSizes.observe(requests));
     }
+  }
+
+  /**
+   * One GetCandidatesBatch call, or one GetCandidates call per request while retrieval
+   * does not serve the batch call: in a rollout that upgrades prediction before
+   * retrieval, requests keep their candidates instead of falling to the popular rung.
+   */
+  private async read(client: Client<typeof RetrievalService>, requests: MessageInitShape<typeof GetCandidatesRequestSchema>[], timeoutMs: number): Promise<GetCandidatesResponse[]> {
+    if (this.now() >= this.singlesUntil) {
+      try {
+        return (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses;
+      } catch (err) {
+        if (ConnectError.from(err).code !== Code.Unimplemented) throw err;
+        this.singlesUntil = this.now() + BATCH_UNSUPPORTED_MS;
+        this.options.log?.warn({ retryInMs: BATCH_UNSUPPORTED_MS }, "retrieval does not serve GetCandidatesBatch (an older version?): one GetCandidates call per request for now");
+      }
+    }
+    return Promise.all(requests.map((request) => client.getCandidates(request, { timeoutMs })));
   }
 
   /** False without RETRIEVAL_ADDR: every read then throws. */

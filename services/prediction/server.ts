@@ -118,7 +118,7 @@ export async function createPredictor(config: PredictionConfig, log: Logger) {
     store,
     cache,
     features,
-    retrieval: new CandidateReader(config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined, { k: config.CANDIDATES_K, version: config.SERVICE_VERSION }),
+    retrieval: new CandidateReader(config.RETRIEVAL_ADDR ? createServiceClient(RetrievalService, config.RETRIEVAL_ADDR) : undefined, { k: config.CANDIDATES_K, version: config.SERVICE_VERSION, log }),
     popular,
     variants,
     admission: new Admission(config.MAX_CONCURRENT, config.SHED_QUEUE_DELAY_MS),

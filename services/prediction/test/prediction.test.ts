@@ -23,7 +23,7 @@ import { startRetrievalService } from "../../retrieval/server.js";
 import { loadPredictionConfig } from "../config.js";
 import { precompute } from "../precompute.js";
 import { startPredictionService } from "../server.js";
-import { CandidateReader } from "../candidates.js";
+import { BATCH_UNSUPPORTED_MS, CandidateReader } from "../candidates.js";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.js";
 import { clickPopularItems, copyModels, popularFixture, seedBatchFeatures, type PopularFixture } from "./feature-fixtures.js";
 
@@ -387,6 +387,36 @@ describe("prediction service through real feature, retrieval and experiment serv
     expect((retrievalProxy.calls.GetCandidatesBatch ?? 0) - before).toBe(1);
     expect(together).toEqual(alone);
     expect(new Set(together.map((candidates) => candidates.map((c) => c.itemId).join())).size).toBeGreaterThan(1);
+  });
+
+  it("keeps its candidates when retrieval has no GetCandidatesBatch (an older retrieval in a rollout): one GetCandidates per request, the batch call tried again later", async () => {
+    let now = 1_000_000;
+    const reader = new CandidateReader(createServiceClient(RetrievalService, retrievalProxy.address), { k: 50, version: "rollout-test", now: () => now });
+    const users = ["u000040", "u000041", "u000042"];
+    const context = create(RequestContextSchema, mobile);
+    const together = () => Promise.all(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
+    const expected = await together();
+    const counts = () => ({ batch: retrievalProxy.calls.GetCandidatesBatch ?? 0, single: retrievalProxy.calls.GetCandidates ?? 0 });
+    const since = (before: { batch: number; single: number }) => {
+      const after = counts();
+      return { batch: after.batch - before.batch, single: after.single - before.single };
+    };
+    retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented } });
+    try {
+      let before = counts();
+      expect(await together()).toEqual(expected);
+      expect(since(before)).toEqual({ batch: 1, single: 3 });
+      before = counts();
+      expect(await together()).toEqual(expected);
+      expect(since(before)).toEqual({ batch: 0, single: 3 });
+      retrievalProxy.inject({});
+      now += BATCH_UNSUPPORTED_MS;
+      before = counts();
+      expect(await together()).toEqual(expected);
+      expect(since(before)).toEqual({ batch: 1, single: 0 });
+    } finally {
+      retrievalProxy.inject({});
+    }
   });
 
   it("runs one computation for N identical concurrent requests", async () => {
