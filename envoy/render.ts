@@ -6,7 +6,7 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
-import { instanceId, instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, type Ports, type ServiceSpec } from "./topology.js";
+import { instanceId, instances, localPorts, observePorts, podPorts, service, services, edgeBackstopRps, edgeProtection, traceSamplePercent, accessLogSamplePercent, type Ports, type ServiceSpec } from "./topology.js";
 import {
   corsPolicy,
   downstreamTls,
@@ -33,7 +33,8 @@ interface Placement {
   publicBind: string;
   /** Address and discovery type of an instance's sidecar ingress. */
   ingressOf(service: string, version: string): { address: string; port: number; type: "STATIC" | "STRICT_DNS" };
-  accessLog(id: string): string;
+  /** An HTTP connection manager's access_log setting. */
+  accessLog(id: string): Obj[];
   /** Where each Envoy finds its certificate, the CA and the JWKS (scripts/lib/pki.ts's layout). */
   pki: Pki;
   /** The envoyproxy/ratelimit service the edge asks. */
@@ -48,7 +49,7 @@ const placements: Record<Target, Placement> = {
     ports: localPorts,
     publicBind: "127.0.0.1",
     ingressOf: (s, v) => ({ address: "127.0.0.1", port: localPorts.ingress(s, v), type: "STATIC" }),
-    accessLog: (id) => `.run/logs/envoy-${id}.access.log`,
+    accessLog: (id) => accessLog(`.run/logs/envoy-${id}.access.log`, accessLogSamplePercent.local),
     // Relative, like the logs: Envoy runs with the repository as its working directory.
     pki: pkiLayout(".run/pki"),
     rateLimit: { address: "127.0.0.1", port: localPorts.rateLimitGrpc, type: "STATIC" },
@@ -64,7 +65,7 @@ const placements: Record<Target, Placement> = {
       port: podPorts.ingress(s, v),
       type: "STRICT_DNS",
     }),
-    accessLog: () => "stdout",
+    accessLog: () => accessLog("stdout", accessLogSamplePercent.k8s),
     // Secrets mounted per identity (k8s/render.ts).
     pki: pkiLayout("/etc/recsys/pki"),
     rateLimit: { address: "ratelimit.recsys.svc.cluster.local", port: podPorts.rateLimitGrpc, type: "STRICT_DNS" },
@@ -87,8 +88,11 @@ function http2Options(): Obj {
   };
 }
 
-/** JSON access log lines to a file (local) or to stdout (Kubernetes: path "stdout"). */
-function accessLog(path: string): Obj[] {
+/**
+ * JSON access log lines to a file (local) or to stdout (Kubernetes: path "stdout"): every
+ * failed or slow call, and samplePercent of the rest (accessLogSamplePercent in topology.ts).
+ */
+function accessLog(path: string, samplePercent: number): Obj[] {
   const sink =
     path === "stdout"
       ? { name: "envoy.access_loggers.stdout", "@type": type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog") }
@@ -97,6 +101,17 @@ function accessLog(path: string): Obj[] {
   return [
     {
       name,
+      filter: {
+        or_filter: {
+          filters: [
+            { grpc_status_filter: { statuses: ["OK"], exclude: true } },
+            { status_code_filter: { comparison: { op: "GE", value: { default_value: 400, runtime_key: "access_log.min_status" } } } },
+            { response_flag_filter: {} },
+            { duration_filter: { comparison: { op: "GE", value: { default_value: 1000, runtime_key: "access_log.min_duration_ms" } } } },
+            { runtime_filter: { runtime_key: "access_log.sample_percent", percent_sampled: { numerator: samplePercent, denominator: "HUNDRED" } } },
+          ],
+        },
+      },
       typed_config: {
         ...config,
         log_format: {
@@ -118,7 +133,7 @@ function accessLog(path: string): Obj[] {
   ];
 }
 
-function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: string, options: Obj = {}): Obj {
+function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], accessLogs: Obj[], options: Obj = {}): Obj {
   return {
     name: "envoy.filters.network.http_connection_manager",
     typed_config: {
@@ -127,7 +142,7 @@ function hcm(statPrefix: string, routeConfig: Obj, httpFilters: Obj[], logPath: 
       codec_type: "AUTO",
       ...options,
       http2_protocol_options: { max_concurrent_streams: 1000 },
-      access_log: accessLog(logPath),
+      access_log: accessLogs,
       route_config: routeConfig,
       http_filters: [...httpFilters, { name: "envoy.filters.http.router", typed_config: { "@type": type("envoy.extensions.filters.http.router.v3.Router") } }],
     },

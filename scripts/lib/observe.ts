@@ -2,12 +2,13 @@
 //   Zipkin      http://127.0.0.1:19411/zipkin/  every Envoy's spans and every app's
 //   Prometheus  http://127.0.0.1:19090/alerts   every app's /metrics and every Envoy's
 //                                               /stats/prometheus, with the alert rules
-// and turns tracing on in every Envoy of the mesh (runtime tracing.random_sampling;
-// the rendered local configs trace nothing until then). `npm run observe` (scripts/observe.ts).
+// and turns tracing and access logs on for every call in every Envoy of the mesh (runtime
+// tracing.random_sampling and access_log.sample_percent; the rendered local configs trace
+// nothing and log failures and 1% of the rest until then). `npm run observe` (scripts/observe.ts).
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parse, stringify } from "yaml";
-import { instances, localPorts, observePorts, traceSamplePercent } from "../../envoy/topology.js";
+import { accessLogSamplePercent, instances, localPorts, observePorts, traceSamplePercent } from "../../envoy/topology.js";
 import { availableServices, takenPorts } from "./mesh.js";
 import { indent, Supervised } from "./processes.js";
 import { zipkinJar } from "./setup.mjs";
@@ -108,14 +109,13 @@ async function waitHttp(url: string, timeoutMs: number, process: Supervised): Pr
 }
 
 /**
- * Sets tracing.random_sampling (hundredths of a percent) on every Envoy's admin; an
- * empty value removes the override, back to the rendered default.
+ * Sets tracing.random_sampling (hundredths of a percent) and access_log.sample_percent
+ * on every Envoy's admin; empty values remove the overrides, back to the rendered defaults.
  */
-async function setEnvoySampling(admins: string[], value: string): Promise<void> {
+async function setEnvoySampling(admins: string[], sampling: { trace: string; accessLog: string }): Promise<void> {
+  const query = new URLSearchParams({ "tracing.random_sampling": sampling.trace, "access_log.sample_percent": sampling.accessLog });
   await Promise.all(
-    admins.map((admin) =>
-      fetch(`${admin}/runtime_modify?tracing.random_sampling=${value}`, { method: "POST", signal: AbortSignal.timeout(2000) }).catch(() => undefined),
-    ),
+    admins.map((admin) => fetch(`${admin}/runtime_modify?${query}`, { method: "POST", signal: AbortSignal.timeout(2000) }).catch(() => undefined)),
   );
 }
 
@@ -186,11 +186,12 @@ export async function startObserve(options: ObserveOptions = {}): Promise<Observ
   }).start();
   const backends = [zipkin, prometheus];
   const admins = [`http://127.0.0.1:${localPorts.edgeAdmin}`, ...instances.filter((i) => services.includes(i.service.name)).map((i) => `http://127.0.0.1:${localPorts.sidecarAdmin(i.service.name, i.version)}`)];
-  const sampling = String(traceSamplePercent.observe * 100);
+  // Every call traced and logged, so a trace leads to its access log lines.
+  const sampling = { trace: String(traceSamplePercent.observe * 100), accessLog: String(accessLogSamplePercent.observe) };
   let keeper: NodeJS.Timeout | undefined;
   const stop = async () => {
     clearInterval(keeper);
-    await setEnvoySampling(admins, "");
+    await setEnvoySampling(admins, { trace: "", accessLog: "" });
     await Promise.all(backends.map((b) => b.stop()));
   };
 

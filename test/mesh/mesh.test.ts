@@ -1,7 +1,8 @@
 // The whole mesh, as `npm start` runs it, through the real Envoy edge and sidecars,
 // checked by behaviour and by Envoy's own stats. The local mesh listens on fixed ports:
 // run it in a private network namespace (scripts/in-netns.mjs), as `npm test` does.
-import { mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,7 +16,7 @@ import { services } from "../../envoy/topology.js";
 import { setRuntime, stat, stats } from "../../scripts/lib/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
 import { runCommand } from "../../scripts/lib/processes.js";
-import { tool } from "../../scripts/lib/tools.js";
+import { ROOT, tool } from "../../scripts/lib/tools.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 let mesh: Mesh;
@@ -182,6 +183,40 @@ describe("edge and sidecar path", () => {
     }
     expect(await echoReachable()).toBe(true);
   });
+
+  it("logs every failed call and, of the rest, the share the runtime says (access_log.sample_percent)", async () => {
+    expect(await echoReachable()).toBe(true);
+    const logFile = join(ROOT, ".run", "logs", "envoy-echo-ingress.access.log");
+    const traceId = () => randomBytes(16).toString("hex");
+    // A trace id of its own marks each call's lines; the 00 flag keeps it untraced.
+    const call = (id: string) => echo().echo({ message: "log" }, { headers: { traceparent: `00-${id}-${randomBytes(8).toString("hex")}-00` } });
+    const linesOf = (id: string) => (existsSync(logFile) ? readFileSync(logFile, "utf8").split("\n").filter((line) => line.includes(id)) : []);
+    // Envoy writes its access log buffer out every 10 s (--file-flush-interval-msec).
+    const logged = async (id: string) => {
+      const deadline = Date.now() + 30_000;
+      while (linesOf(id).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+      return linesOf(id).map((line) => JSON.parse(line) as { grpc_status: number });
+    };
+    const [ok, failed, sampled] = [traceId(), traceId(), traceId()];
+    await setRuntime(echoAdmin, { "access_log.sample_percent": 0 });
+    try {
+      for (let i = 0; i < 5; i++) await call(ok);
+      await chaos({ "chaos.abort_percent": 100, "chaos.abort_grpc_status": 14 });
+      await expect(call(failed)).rejects.toThrow(/fault filter abort/);
+      await chaos({ "chaos.abort_percent": 0 });
+      const failures = await logged(failed);
+      expect(failures.length).toBeGreaterThan(0);
+      expect(failures.every((line) => line.grpc_status === 14)).toBe(true);
+      // Written before the failure, so flushed with it: none of the five OK calls is there.
+      expect(linesOf(ok)).toEqual([]);
+      await setRuntime(echoAdmin, { "access_log.sample_percent": 100 });
+      await call(sampled);
+      expect((await logged(sampled)).map((line) => line.grpc_status)).toEqual([0]);
+    } finally {
+      await chaos({ "chaos.abort_percent": 0 });
+      await setRuntime(echoAdmin, { "access_log.sample_percent": "" });
+    }
+  }, 90_000);
 });
 
 describe("prediction through the edge", () => {
