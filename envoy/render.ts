@@ -90,7 +90,10 @@ function http2Options(): Obj {
 
 /**
  * JSON access log lines to a file (local) or to stdout (Kubernetes: path "stdout"): every
- * failed or slow call, and samplePercent of the rest (accessLogSamplePercent in topology.ts).
+ * failed, slow or traced call, and samplePercent of the rest (accessLogSamplePercent in
+ * topology.ts). A gRPC status is only judged on gRPC calls: Envoy infers UNKNOWN for a
+ * Connect or gRPC-web answer that carries none in its headers, even a successful one;
+ * those fail with an HTTP status (Connect) or are judged as gRPC behind the edge (gRPC-web).
  */
 function accessLog(path: string, samplePercent: number): Obj[] {
   const sink =
@@ -104,11 +107,20 @@ function accessLog(path: string, samplePercent: number): Obj[] {
       filter: {
         or_filter: {
           filters: [
-            { grpc_status_filter: { statuses: ["OK"], exclude: true } },
             { status_code_filter: { comparison: { op: "GE", value: { default_value: 400, runtime_key: "access_log.min_status" } } } },
             { response_flag_filter: {} },
             { duration_filter: { comparison: { op: "GE", value: { default_value: 1000, runtime_key: "access_log.min_duration_ms" } } } },
             { runtime_filter: { runtime_key: "access_log.sample_percent", percent_sampled: { numerator: samplePercent, denominator: "HUNDRED" } } },
+            // Sampled by the tracer (the header as Envoy passes it on): a trace leads to its lines.
+            { header_filter: { header: { name: "traceparent", string_match: { suffix: "-01" } } } },
+            {
+              and_filter: {
+                filters: [
+                  { header_filter: { header: { name: "content-type", string_match: { safe_regex: { regex: "^application/grpc(\\+[a-z]+)?(;.*)?$" } } } } },
+                  { grpc_status_filter: { statuses: ["OK"], exclude: true } },
+                ],
+              },
+            },
           ],
         },
       },

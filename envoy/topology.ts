@@ -219,11 +219,11 @@ export const observePorts = { zipkin: 19411, prometheus: 19090 };
 export const traceSamplePercent = { local: 0, k8s: 1, observe: 100 };
 
 /**
- * Percent of successful, fast calls an Envoy writes an access log line for (runtime key
- * access_log.sample_percent). Failures (a gRPC status other than OK, HTTP 400 and up, an
- * Envoy response flag) and calls slower than access_log.min_duration_ms (1 s) are always
- * logged. A line for every call cost 2-10% of the Envoys' CPU and about 2 GB an hour per
- * 1,000 calls/s of full Predict; `npm run observe` logs every call, next to its traces.
+ * Percent of successful, fast, untraced calls an Envoy writes an access log line for
+ * (runtime key access_log.sample_percent). Failures (HTTP 400 and up, an Envoy response
+ * flag, a gRPC status other than OK), calls slower than access_log.min_duration_ms (1 s)
+ * and traced calls are always logged. A line for every call cost 2-10% of the Envoys'
+ * CPU; `npm run observe` logs every call, next to its traces.
  */
 export const accessLogSamplePercent = { local: 1, k8s: 1, observe: 100 };
 

@@ -64,26 +64,12 @@ export class CandidateReader {
     this.now = options.now ?? Date.now;
     if (client) {
       const callSizes = batchedCallRequests.labels({ version: options.version, call: "candidates" });
-      this.batches = new TurnBatcher((requests, timeoutMs) => this.read(client, requests, timeoutMs), CANDIDATE_BATCH, (requests) => callSizes.observe(requests));
+      this.batches = new TurnBatcher(
+        async (requests, timeoutMs) => (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses,
+        CANDIDATE_BATCH,
+        (requests) => callSizes.observe(requests),
+      );
     }
-  }
-
-  /**
-   * One GetCandidatesBatch call, or one GetCandidates call per request while retrieval
-   * does not serve the batch call: in a rollout that upgrades prediction before
-   * retrieval, requests keep their candidates instead of falling to the popular rung.
-   */
-  private async read(client: Client<typeof RetrievalService>, requests: MessageInitShape<typeof GetCandidatesRequestSchema>[], timeoutMs: number): Promise<GetCandidatesResponse[]> {
-    if (this.now() >= this.singlesUntil) {
-      try {
-        return (await client.getCandidatesBatch({ requests }, { timeoutMs })).responses;
-      } catch (err) {
-        if (ConnectError.from(err).code !== Code.Unimplemented) throw err;
-        this.singlesUntil = this.now() + BATCH_UNSUPPORTED_MS;
-        this.options.log?.warn({ retryInMs: BATCH_UNSUPPORTED_MS }, "retrieval does not serve GetCandidatesBatch (an older version?): one GetCandidates call per request for now");
-      }
-    }
-    return Promise.all(requests.map((request) => client.getCandidates(request, { timeoutMs })));
   }
 
   /** False without RETRIEVAL_ADDR: every read then throws. */
@@ -95,7 +81,7 @@ export class CandidateReader {
   async forUser(request: UserRequest, atLeast: number, timeoutMs: number): Promise<RankCandidate[]> {
     if (!this.batches) throw notConfigured();
     const k = Math.min(MAX_K, Math.max(this.options.k, atLeast));
-    const response = await this.batches.load({ userId: request.userId, k, context: request.context, columnar: true }, timeoutMs);
+    const response = await this.read({ userId: request.userId, k, context: request.context, columnar: true }, timeoutMs);
     const columns = response.columns;
     if (!columns) return response.candidates.map((c) => ({ itemId: c.itemId, category: c.category, sources: c.sources.map((s) => SOURCE_NAMES[s.source]) }));
     return columns.itemIds.map((itemId, i) => ({
@@ -103,6 +89,29 @@ export class CandidateReader {
       category: columns.categoryNames[columns.categoryIndex[i] ?? -1] ?? "",
       sources: sourceNames(columns.sourceMasks[i] ?? 0),
     }));
+  }
+
+  /**
+   * The request's share of a GetCandidatesBatch call, or a GetCandidates call of its own
+   * while retrieval does not serve the batch call: in a rollout that upgrades prediction
+   * before retrieval, each request keeps its candidates (and its own failures) instead
+   * of falling to the popular rung.
+   */
+  private async read(request: MessageInitShape<typeof GetCandidatesRequestSchema>, timeoutMs: number): Promise<GetCandidatesResponse> {
+    const client = this.need();
+    if (this.now() < this.singlesUntil) return client.getCandidates(request, { timeoutMs });
+    const started = performance.now();
+    try {
+      return await this.batches!.load(request, timeoutMs);
+    } catch (err) {
+      if (ConnectError.from(err).code !== Code.Unimplemented) throw err;
+      // Calls sent before the first refusal came back are refused too: one warning.
+      if (this.now() >= this.singlesUntil) {
+        this.options.log?.warn({ retryInMs: BATCH_UNSUPPORTED_MS }, "retrieval does not serve GetCandidatesBatch (an older version?): one GetCandidates call per request for now");
+      }
+      this.singlesUntil = this.now() + BATCH_UNSUPPORTED_MS;
+      return client.getCandidates(request, { timeoutMs: Math.max(1, Math.floor(timeoutMs - (performance.now() - started))) });
+    }
   }
 
   /** The popular list of a category (all items when empty), best first. Throws when retrieval cannot answer. */

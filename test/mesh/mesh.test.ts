@@ -2,13 +2,13 @@
 // checked by behaviour and by Envoy's own stats. The local mesh listens on fixed ports:
 // run it in a private network namespace (scripts/in-netns.mjs), as `npm test` does.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { EchoService } from "../../gen/recsys/echo/v1/echo_pb.js";
 import { FallbackLevel, PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { defaultAllowedOrigins } from "../../envoy/security.js";
@@ -17,7 +17,7 @@ import { setRuntime, stat, stats } from "../../scripts/lib/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
 import { runCommand } from "../../scripts/lib/processes.js";
 import { ROOT, tool } from "../../scripts/lib/tools.js";
-import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
+import { bearer, edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
 let mesh: Mesh;
 let echoAdmin: string;
@@ -184,33 +184,53 @@ describe("edge and sidecar path", () => {
     expect(await echoReachable()).toBe(true);
   });
 
-  it("logs every failed call and, of the rest, the share the runtime says (access_log.sample_percent)", async () => {
+  it("logs every failed or traced call and, of the rest, the share the runtime says (access_log.sample_percent), for gRPC and Connect alike", async () => {
     expect(await echoReachable()).toBe(true);
     const logFile = join(ROOT, ".run", "logs", "envoy-echo-ingress.access.log");
-    const traceId = () => randomBytes(16).toString("hex");
-    // A trace id of its own marks each call's lines; the 00 flag keeps it untraced.
-    const call = (id: string) => echo().echo({ message: "log" }, { headers: { traceparent: `00-${id}-${randomBytes(8).toString("hex")}-00` } });
-    const linesOf = (id: string) => (existsSync(logFile) ? readFileSync(logFile, "utf8").split("\n").filter((line) => line.includes(id)) : []);
+    // Only what this test appends: the file outlives meshes and may be large.
+    const from = existsSync(logFile) ? statSync(logFile).size : 0;
+    const appended = () => {
+      if (!existsSync(logFile)) return "";
+      const fd = openSync(logFile, "r");
+      try {
+        const bytes = Buffer.alloc(Math.max(0, statSync(logFile).size - from));
+        readSync(fd, bytes, 0, bytes.length, from);
+        return bytes.toString("utf8");
+      } finally {
+        closeSync(fd);
+      }
+    };
+    const linesOf = (id: string) => appended().split("\n").filter((line) => line.includes(id));
     // Envoy writes its access log buffer out every 10 s (--file-flush-interval-msec).
     const logged = async (id: string) => {
       const deadline = Date.now() + 30_000;
       while (linesOf(id).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
       return linesOf(id).map((line) => JSON.parse(line) as { grpc_status: number });
     };
-    const [ok, failed, sampled] = [traceId(), traceId(), traceId()];
+    const traceId = () => randomBytes(16).toString("hex");
+    // A trace id of its own marks each call's lines; the flag says whether it is traced.
+    const traceparent = (id: string, sampled = false) => ({ traceparent: `00-${id}-${randomBytes(8).toString("hex")}-${sampled ? "01" : "00"}` });
+    const connectEcho = createClient(EchoService, createConnectTransport({ baseUrl: `http://${mesh.edge}`, httpVersion: "1.1", interceptors: [bearer(loadToken)] }));
+    const [ok, okConnect, failed, traced, sampled] = [traceId(), traceId(), traceId(), traceId(), traceId()];
     await setRuntime(echoAdmin, { "access_log.sample_percent": 0 });
     try {
-      for (let i = 0; i < 5; i++) await call(ok);
+      for (let i = 0; i < 5; i++) {
+        await echo().echo({ message: "log" }, { headers: traceparent(ok) });
+        await connectEcho.echo({ message: "log" }, { headers: traceparent(okConnect) });
+      }
+      await echo().echo({ message: "log" }, { headers: traceparent(traced, true) });
       await chaos({ "chaos.abort_percent": 100, "chaos.abort_grpc_status": 14 });
-      await expect(call(failed)).rejects.toThrow(/fault filter abort/);
+      await expect(echo().echo({ message: "log" }, { headers: traceparent(failed) })).rejects.toThrow(/fault filter abort/);
       await chaos({ "chaos.abort_percent": 0 });
       const failures = await logged(failed);
       expect(failures.length).toBeGreaterThan(0);
       expect(failures.every((line) => line.grpc_status === 14)).toBe(true);
-      // Written before the failure, so flushed with it: none of the five OK calls is there.
+      // Written before the failure, so flushed with it: the traced call is there, none of the OK ones.
+      expect(linesOf(traced).map((line) => (JSON.parse(line) as { grpc_status: number }).grpc_status)).toEqual([0]);
       expect(linesOf(ok)).toEqual([]);
+      expect(linesOf(okConnect)).toEqual([]);
       await setRuntime(echoAdmin, { "access_log.sample_percent": 100 });
-      await call(sampled);
+      await echo().echo({ message: "log" }, { headers: traceparent(sampled) });
       expect((await logged(sampled)).map((line) => line.grpc_status)).toEqual([0]);
     } finally {
       await chaos({ "chaos.abort_percent": 0 });

@@ -409,6 +409,15 @@ describe("prediction service through real feature, retrieval and experiment serv
       before = counts();
       expect(await together()).toEqual(expected);
       expect(since(before)).toEqual({ batch: 0, single: 3 });
+      // Each request on its own call fails alone: the others keep their candidates.
+      retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented }, GetCandidates: { fail: Code.Unavailable, failRatio: 0.5 } });
+      const failedBefore = retrievalProxy.failed.GetCandidates ?? 0;
+      const settled = await Promise.allSettled(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
+      const failedCalls = (retrievalProxy.failed.GetCandidates ?? 0) - failedBefore;
+      expect(failedCalls).toBeGreaterThan(0);
+      expect(failedCalls).toBeLessThan(users.length);
+      expect(settled.filter((r) => r.status === "rejected").length).toBe(failedCalls);
+      settled.forEach((r, i) => r.status === "fulfilled" && expect(r.value).toEqual(expected[i]));
       retrievalProxy.inject({});
       now += BATCH_UNSUPPORTED_MS;
       before = counts();
