@@ -203,8 +203,7 @@ describe("edge and sidecar path", () => {
     const linesOf = (id: string) => appended().split("\n").filter((line) => line.includes(id));
     // Envoy writes its access log buffer out every 10 s (--file-flush-interval-msec).
     const logged = async (id: string) => {
-      const deadline = Date.now() + 30_000;
-      while (linesOf(id).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+      await expect.poll(() => linesOf(id).length, { timeout: 30_000, interval: 250 }).toBeGreaterThan(0);
       return linesOf(id).map((line) => JSON.parse(line) as { grpc_status: number });
     };
     const traceId = () => randomBytes(16).toString("hex");
