@@ -55,6 +55,8 @@ export class CandidateReader {
   private readonly batches: TurnBatcher<MessageInitShape<typeof GetCandidatesRequestSchema>, GetCandidatesResponse> | undefined;
   /** Until when requests go one GetCandidates call each: retrieval said it has no GetCandidatesBatch. */
   private singlesUntil = 0;
+  /** After a refusal, one request at a time asks with the batch call whether retrieval serves it now. */
+  private probing = false;
   private readonly now: () => number;
 
   constructor(
@@ -99,18 +101,28 @@ export class CandidateReader {
    */
   private async read(request: MessageInitShape<typeof GetCandidatesRequestSchema>, timeoutMs: number): Promise<GetCandidatesResponse> {
     const client = this.need();
-    if (this.now() < this.singlesUntil) return client.getCandidates(request, { timeoutMs });
+    if (this.now() < this.singlesUntil || this.probing) return client.getCandidates(request, { timeoutMs });
+    // The first request after a refusal is the probe; the others keep to single calls until it is answered.
+    const probe = this.singlesUntil > 0;
+    this.probing = probe;
     const started = performance.now();
     try {
-      return await this.batches!.load(request, timeoutMs);
+      const response = await this.batches!.load(request, timeoutMs);
+      if (probe) {
+        this.singlesUntil = 0;
+        this.options.log?.info("retrieval serves GetCandidatesBatch again: requests share batch calls");
+      }
+      return response;
     } catch (err) {
       if (ConnectError.from(err).code !== Code.Unimplemented) throw err;
       // Calls sent before the first refusal came back are refused too: one warning.
-      if (this.now() >= this.singlesUntil) {
+      if (this.now() >= this.singlesUntil && !probe) {
         this.options.log?.warn({ retryInMs: BATCH_UNSUPPORTED_MS }, "retrieval does not serve GetCandidatesBatch (an older version?): one GetCandidates call per request for now");
       }
       this.singlesUntil = this.now() + BATCH_UNSUPPORTED_MS;
       return client.getCandidates(request, { timeoutMs: Math.max(1, Math.floor(timeoutMs - (performance.now() - started))) });
+    } finally {
+      if (probe) this.probing = false;
     }
   }
 

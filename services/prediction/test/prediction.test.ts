@@ -389,7 +389,7 @@ describe("prediction service through real feature, retrieval and experiment serv
     expect(new Set(together.map((candidates) => candidates.map((c) => c.itemId).join())).size).toBeGreaterThan(1);
   });
 
-  it("keeps its candidates when retrieval has no GetCandidatesBatch (an older retrieval in a rollout): one GetCandidates per request, the batch call tried again later", async () => {
+  it("keeps its candidates when retrieval has no GetCandidatesBatch (an older retrieval in a rollout): one GetCandidates per request, the batch call probed by one request a minute later", async () => {
     let now = 1_000_000;
     const reader = new CandidateReader(createServiceClient(RetrievalService, retrievalProxy.address), { k: 50, version: "rollout-test", now: () => now });
     const users = ["u000040", "u000041", "u000042"];
@@ -397,18 +397,17 @@ describe("prediction service through real feature, retrieval and experiment serv
     const together = () => Promise.all(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
     const expected = await together();
     const counts = () => ({ batch: retrievalProxy.calls.GetCandidatesBatch ?? 0, single: retrievalProxy.calls.GetCandidates ?? 0 });
-    const since = (before: { batch: number; single: number }) => {
+    /** The calls one round of the three requests made; every answer must equal the batched one. */
+    const round = async () => {
+      const before = counts();
+      expect(await together()).toEqual(expected);
       const after = counts();
       return { batch: after.batch - before.batch, single: after.single - before.single };
     };
     retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented } });
     try {
-      let before = counts();
-      expect(await together()).toEqual(expected);
-      expect(since(before)).toEqual({ batch: 1, single: 3 });
-      before = counts();
-      expect(await together()).toEqual(expected);
-      expect(since(before)).toEqual({ batch: 0, single: 3 });
+      expect(await round()).toEqual({ batch: 1, single: 3 });
+      expect(await round()).toEqual({ batch: 0, single: 3 });
       // Each request on its own call fails alone: the others keep their candidates.
       retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented }, GetCandidates: { fail: Code.Unavailable, failRatio: 0.5 } });
       const failedBefore = retrievalProxy.failed.GetCandidates ?? 0;
@@ -418,11 +417,15 @@ describe("prediction service through real feature, retrieval and experiment serv
       expect(failedCalls).toBeLessThan(users.length);
       expect(settled.filter((r) => r.status === "rejected").length).toBe(failedCalls);
       settled.forEach((r, i) => r.status === "fulfilled" && expect(r.value).toEqual(expected[i]));
+      // A minute later one request probes with the batch call; the others keep to single calls meanwhile.
+      retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented } });
+      now += BATCH_UNSUPPORTED_MS;
+      expect(await round()).toEqual({ batch: 1, single: 3 });
+      expect(await round()).toEqual({ batch: 0, single: 3 });
       retrievalProxy.inject({});
       now += BATCH_UNSUPPORTED_MS;
-      before = counts();
-      expect(await together()).toEqual(expected);
-      expect(since(before)).toEqual({ batch: 1, single: 0 });
+      expect(await round()).toEqual({ batch: 1, single: 2 });
+      expect(await round()).toEqual({ batch: 1, single: 0 });
     } finally {
       retrievalProxy.inject({});
     }
