@@ -8,9 +8,12 @@
 # the services compiled to JavaScript by scripts/build.ts, as `npm start` does: no
 # transpiler in the process, and a restarted pod serves in a fraction of the time.
 # Kubernetes manifests (k8s/) set the command themselves; CMD is for `docker run`.
+#
+# Node 24, the LTS line CI tests besides the host's: Node 20 is past its end of life, and
+# on 24 the apps spend less CPU per call (README, "Apps on Node 24").
 
 # --- build: production dependencies, with the toolchain for native addons ---------
-FROM node:20.19-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /app
 # hnswlib-node compiles a native addon.
 RUN apt-get update \
@@ -23,7 +26,7 @@ COPY package.json package-lock.json ./
 RUN RECSYS_SKIP_SETUP=1 ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund
 
 # --- compile: services/ and gen/ to JavaScript, file for file (esbuild) -------------
-FROM node:20.19-bookworm-slim AS compile
+FROM node:24-bookworm-slim AS compile
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN RECSYS_SKIP_SETUP=1 ONNXRUNTIME_NODE_INSTALL=skip npm ci --ignore-scripts --no-audit --no-fund
@@ -35,7 +38,7 @@ COPY services ./services
 RUN npx tsx scripts/build.ts --outdir /out
 
 # --- runtime: node_modules, the compiled services and the models, as a non-root user -
-FROM node:20.19-bookworm-slim
+FROM node:24-bookworm-slim
 ARG SERVICE
 ENV NODE_ENV=production \
     SERVICE=${SERVICE}
