@@ -10,7 +10,7 @@
 # Kubernetes manifests (k8s/) set the command themselves; CMD is for `docker run`.
 #
 # Node 24, the LTS line CI tests besides the host's: Node 20 is past its end of life, and
-# on 24 the apps spend less CPU per call (README, "Apps on Node 24").
+# a full Predict costs the apps about a fifth less CPU on 24 (README, "Apps on Node 24").
 
 # --- build: production dependencies, with the toolchain for native addons ---------
 FROM node:24-bookworm-slim AS build

@@ -11,6 +11,8 @@ import { ROOT } from "../scripts/lib/tools.js";
 interface SuiteResult {
   suite: string;
   measured_at: string;
+  /** The Node that ran the suite; the mesh's apps run on the same (the `node` first on PATH). */
+  node: string;
   scenarios: ScenarioResult[];
   ratios: Ratio[];
 }
@@ -36,14 +38,14 @@ for (const suite of suites) {
   const { scenarios, ratios } = await suite.run();
   console.table(scenarios.map(({ name, qps, p50_ms, p95_ms, p99_ms, errors }) => ({ name, qps, p50_ms, p95_ms, p99_ms, errors })));
   if (ratios.length) console.table(ratios);
-  fresh.push({ suite: suite.name, measured_at: new Date().toISOString(), scenarios, ratios });
+  fresh.push({ suite: suite.name, measured_at: new Date().toISOString(), node: process.version, scenarios, ratios });
 }
 
 // Read at the end, not the start, so suites run at the same time do not drop each other's results.
 const previous: SuiteResult[] = existsSync(resultsFile) ? (JSON.parse(readFileSync(resultsFile, "utf8")).suites ?? []) : [];
 const merged = [...previous.filter((p) => !fresh.some((f) => f.suite === p.suite)), ...fresh].sort((a, b) => a.suite.localeCompare(b.suite));
 const output = {
-  machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? "unknown", memory_gib: Math.round(totalmem() / 2 ** 30), node: process.version, platform: process.platform },
+  machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? "unknown", memory_gib: Math.round(totalmem() / 2 ** 30), platform: process.platform },
   scenarios: merged.flatMap((s) => s.scenarios.map((sc) => ({ suite: s.suite, ...sc }))),
   ratios: merged.flatMap((s) => s.ratios.map((r) => ({ suite: s.suite, ...r }))),
   suites: merged,

@@ -397,12 +397,16 @@ describe("prediction service through real feature, retrieval and experiment serv
     const together = () => Promise.all(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
     const expected = await together();
     const counts = () => ({ batch: retrievalProxy.calls.GetCandidatesBatch ?? 0, single: retrievalProxy.calls.GetCandidates ?? 0 });
-    /** The calls one round of the three requests made; every answer must equal the batched one. */
-    const round = async () => {
-      const before = counts();
-      expect(await together()).toEqual(expected);
+    const since = (before: { batch: number; single: number }) => {
       const after = counts();
       return { batch: after.batch - before.batch, single: after.single - before.single };
+    };
+    let before = counts();
+    /** The calls one round of the three requests made; every answer must equal the batched one. */
+    const round = async () => {
+      before = counts();
+      expect(await together()).toEqual(expected);
+      return since(before);
     };
     retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unimplemented } });
     try {
@@ -422,8 +426,15 @@ describe("prediction service through real feature, retrieval and experiment serv
       now += BATCH_UNSUPPORTED_MS;
       expect(await round()).toEqual({ batch: 1, single: 3 });
       expect(await round()).toEqual({ batch: 0, single: 3 });
-      retrievalProxy.inject({});
+      // A probe that fails otherwise fails its own request only, and the next request probes again.
+      retrievalProxy.inject({ GetCandidatesBatch: { fail: Code.Unavailable } });
       now += BATCH_UNSUPPORTED_MS;
+      before = counts();
+      const probed = await Promise.allSettled(users.map((userId) => reader.forUser({ userId, context }, 0, GENEROUS_MS)));
+      expect(probed.map((r) => r.status)).toEqual(["rejected", "fulfilled", "fulfilled"]);
+      expect(probed.slice(1).map((r) => (r as PromiseFulfilledResult<unknown>).value)).toEqual(expected.slice(1));
+      expect(since(before)).toEqual({ batch: 1, single: 2 });
+      retrievalProxy.inject({});
       expect(await round()).toEqual({ batch: 1, single: 2 });
       expect(await round()).toEqual({ batch: 1, single: 0 });
     } finally {
