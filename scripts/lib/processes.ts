@@ -2,6 +2,7 @@ import { spawn, execFile, type ChildProcess } from "node:child_process";
 import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { once } from "node:events";
+import { basename } from "node:path";
 import { ROOT } from "./tools.js";
 
 /** A port the OS says is free now. */
@@ -85,11 +86,24 @@ export async function portTaken(port: number): Promise<boolean> {
   return false;
 }
 
-/** Who listens on a TCP port, as `ss -ltnp` names it ("redis-server (pid 123)"), when ss can tell. */
+/**
+ * The program a process runs: its command line's first word. ss names the process by its
+ * main thread, which Node 24 calls "MainThread".
+ */
+function programOf(pid: string, threadName: string): string {
+  try {
+    const program = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0];
+    return program ? basename(program) : threadName;
+  } catch {
+    return threadName;
+  }
+}
+
+/** Who listens on a TCP port ("envoy (pid 123)"), when `ss -ltnp` can tell. */
 export async function portHolder(port: number): Promise<string | undefined> {
   const { code, stdout } = await runCommand("ss", ["-ltnpH", `sport = :${port}`], 5_000);
   if (code !== 0) return undefined;
-  const processes = [...stdout.matchAll(/\("([^"]+)",pid=(\d+)/g)].map(([, name, pid]) => `${name} (pid ${pid})`);
+  const processes = [...stdout.matchAll(/\("([^"]+)",pid=(\d+)/g)].map(([, name, pid]) => `${programOf(pid!, name!)} (pid ${pid})`);
   return processes.length > 0 ? [...new Set(processes)].join(", ") : undefined;
 }
 
