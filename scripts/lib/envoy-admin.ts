@@ -29,9 +29,9 @@ export async function histogram(adminUrl: string, name: string): Promise<Record<
   return out;
 }
 
-/** Sets runtime keys without a restart (POST /runtime_modify). */
-export async function setRuntime(adminUrl: string, values: Record<string, string | number>): Promise<void> {
+/** Sets runtime keys without a restart (POST /runtime_modify); an empty value removes the override. */
+export async function setRuntime(adminUrl: string, values: Record<string, string | number>, timeoutMs = 5_000): Promise<void> {
   const query = new URLSearchParams(Object.entries(values).map(([k, v]) => [k, String(v)]));
-  const res = await fetch(`${adminUrl}/runtime_modify?${query}`, { method: "POST" });
+  const res = await fetch(`${adminUrl}/runtime_modify?${query}`, { method: "POST", signal: AbortSignal.timeout(timeoutMs) });
   if (!res.ok) throw new Error(`runtime_modify ${query}: ${res.status} ${await res.text()}`);
 }

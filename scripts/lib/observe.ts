@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { basename, join } from "node:path";
 import { parse, stringify } from "yaml";
 import { accessLogSamplePercent, instances, localPorts, observePorts, traceSamplePercent } from "../../envoy/topology.js";
+import { setRuntime } from "./envoy-admin.js";
 import { availableServices, takenPorts } from "./mesh.js";
 import { indent, Supervised } from "./processes.js";
 import { zipkinJar } from "./setup.mjs";
@@ -113,10 +114,9 @@ async function waitHttp(url: string, timeoutMs: number, process: Supervised): Pr
  * on every Envoy's admin; empty values remove the overrides, back to the rendered defaults.
  */
 async function setEnvoySampling(admins: string[], sampling: { trace: string; accessLog: string }): Promise<void> {
-  const query = new URLSearchParams({ "tracing.random_sampling": sampling.trace, "access_log.sample_percent": sampling.accessLog });
-  await Promise.all(
-    admins.map((admin) => fetch(`${admin}/runtime_modify?${query}`, { method: "POST", signal: AbortSignal.timeout(2000) }).catch(() => undefined)),
-  );
+  const values = { "tracing.random_sampling": sampling.trace, "access_log.sample_percent": sampling.accessLog };
+  // An Envoy that is gone (its instance stopped) keeps no setting to change.
+  await Promise.all(admins.map((admin) => setRuntime(admin, values, 2_000).catch(() => undefined)));
 }
 
 const prometheusBinary = () => process.env.PROMETHEUS_BIN ?? (existsSync(join(TOOLS_BIN, "prometheus")) ? join(TOOLS_BIN, "prometheus") : "prometheus");

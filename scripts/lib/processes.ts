@@ -1,5 +1,5 @@
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { once } from "node:events";
 import { basename } from "node:path";
@@ -107,6 +107,18 @@ export async function portHolder(port: number): Promise<string | undefined> {
   return processes.length > 0 ? [...new Set(processes)].join(", ") : undefined;
 }
 
+/** What a file holds from byte `from` on (what a process appended since), without reading what came before. */
+export function readSince(file: string, from: number): string {
+  const fd = openSync(file, "r");
+  try {
+    const bytes = Buffer.alloc(Math.max(0, fstatSync(fd).size - from));
+    readSync(fd, bytes, 0, bytes.length, from);
+    return bytes.toString("utf8");
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /**
  * The cause of a failed process from its log, written since `fromByte`: from the first
  * line that reads like an error (a thrown error's "XError: ...", pino level >= 50, Envoy's
@@ -116,7 +128,7 @@ export async function portHolder(port: number): Promise<string | undefined> {
 export function logCause(file: string, fromByte = 0, maxLines = 8): string {
   let text: string;
   try {
-    text = readFileSync(file).subarray(fromByte).toString("utf8");
+    text = readSince(file, fromByte);
   } catch {
     return "";
   }

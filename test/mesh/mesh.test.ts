@@ -2,7 +2,7 @@
 // checked by behaviour and by Envoy's own stats. The local mesh listens on fixed ports:
 // run it in a private network namespace (scripts/in-netns.mjs), as `npm test` does.
 import { randomBytes } from "node:crypto";
-import { closeSync, existsSync, mkdtempSync, openSync, readSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,7 +15,7 @@ import { defaultAllowedOrigins } from "../../envoy/security.js";
 import { services } from "../../envoy/topology.js";
 import { setRuntime, stat, stats } from "../../scripts/lib/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
-import { runCommand } from "../../scripts/lib/processes.js";
+import { readSince, runCommand } from "../../scripts/lib/processes.js";
 import { ROOT, tool } from "../../scripts/lib/tools.js";
 import { bearer, edgeClient, edgeTokenMinter } from "../support/tokens.js";
 
@@ -189,17 +189,7 @@ describe("edge and sidecar path", () => {
     const logFile = join(ROOT, ".run", "logs", "envoy-echo-ingress.access.log");
     // Only what this test appends: the file outlives meshes and may be large.
     const from = existsSync(logFile) ? statSync(logFile).size : 0;
-    const appended = () => {
-      if (!existsSync(logFile)) return "";
-      const fd = openSync(logFile, "r");
-      try {
-        const bytes = Buffer.alloc(Math.max(0, statSync(logFile).size - from));
-        readSync(fd, bytes, 0, bytes.length, from);
-        return bytes.toString("utf8");
-      } finally {
-        closeSync(fd);
-      }
-    };
+    const appended = () => (existsSync(logFile) ? readSince(logFile, from) : "");
     const linesOf = (id: string) => appended().split("\n").filter((line) => line.includes(id));
     // Envoy writes its access log buffer out every 10 s (--file-flush-interval-msec).
     const logged = async (id: string) => {
