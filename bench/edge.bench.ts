@@ -2,7 +2,8 @@
 // Next to the mesh's own edge, this starts a second Envoy from the same rendered config
 // (envoy/local/edge.yaml) with one part taken out, on its own ports and in front of
 // the same echo sidecar, rate-limit service and Zipkin. Echo calls go through it and
-// its CPU seconds (from /proc) are divided by the calls served. The variants run in
+// its CPU seconds (from /proc) are divided by the calls served; one variant keeps only the
+// router, for what Envoy itself costs per call on the machine. The variants run in
 // rounds, each round in the same order, so a machine that slows down shows in every
 // variant alike. CPU per call is the figure; QPS is beside it.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -41,6 +42,17 @@ const variants: { name: string; change: (config: Obj) => void }[] = [
   },
   { name: "without the global rate limit", change: withoutFilter("envoy.filters.http.ratelimit") },
   { name: "without tracing", change: (config) => delete manager(config).tracing },
+  {
+    // What Envoy costs here before any of our parts: the same listener, mTLS to the same
+    // sidecar, the router alone. The floor every hop of a call pays on this machine.
+    name: "router only",
+    change: (config) => {
+      const hcm = manager(config);
+      hcm.http_filters = hcm.http_filters.filter((f: Obj) => f.name === "envoy.filters.http.router");
+      delete hcm.tracing;
+      delete hcm.access_log;
+    },
+  },
 ];
 
 /** Runs echo through an edge started from `config` and returns its CPU per call. */
@@ -105,6 +117,7 @@ const suite: BenchSuite = {
           ratio("edge CPU per echo call, JWT cache on / off", configured / edgeCpu("without the JWT cache"), "< 1", configured < edgeCpu("without the JWT cache")),
           ratio("edge CPU per echo call spent on the global rate limit (us)", configured - edgeCpu("without the global rate limit"), "informational", true),
           ratio("edge CPU per echo call spent on tracing (us)", configured - edgeCpu("without tracing"), "informational", true),
+          ratio("edge CPU per echo call with the router alone (us)", edgeCpu("router only"), "informational", true),
         ],
       };
     } finally {
