@@ -82,12 +82,18 @@ describe("shadow traffic", () => {
     const { versions, errors } = await calls(n, 0);
     expect(errors).toEqual([]);
     expect(new Set(versions)).toEqual(new Set(["v1"]));
-    // Both versions computed every call; only v1's answers left the mesh.
+    // Both versions computed every call; only v1's answers left the mesh. A shadow can
+    // answer after its caller has v1's answer, so the figures are read once the pairs
+    // are all in (n) or have stopped growing for a poll: read earlier, a pair met
+    // between two reads makes them disagree by one.
+    let lastMet = -1;
     const pairs = await eventually(
       "the pairs",
       async () => {
-        const met = (await total("recsys_prediction_shadow_pairs_total")) >= n * 0.9;
-        return met ? total("recsys_prediction_shadow_pairs_total", { result: "compared" }) : undefined;
+        const met = await total("recsys_prediction_shadow_pairs_total");
+        const settled = met >= n || (met >= n * 0.9 && met === lastMet);
+        lastMet = met;
+        return settled ? total("recsys_prediction_shadow_pairs_total", { result: "compared" }) : undefined;
       },
       30_000,
     );
