@@ -76,27 +76,34 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
   throw new Error(`${what}: not within ${timeoutMs} ms (last: ${String(last)})`);
 }
 
+/**
+ * Waits until `all` pairs have met, or at least `atLeast` have and the count did not grow
+ * over one poll. A shadow can answer after its caller has v1's answer: figures read while
+ * pairs still meet disagree with each other.
+ */
+async function pairsSettled(atLeast: number, all: number): Promise<void> {
+  let last = -1;
+  await eventually(
+    "the pairs",
+    async () => {
+      const met = await total("recsys_prediction_shadow_pairs_total");
+      const settled = met >= all || (met >= atLeast && met === last);
+      last = met;
+      return settled ? met : undefined;
+    },
+    30_000,
+  );
+}
+
 describe("shadow traffic", () => {
   it("compares v2's answer with v1's for every mirrored call, while callers get v1's", async () => {
     const n = 120;
     const { versions, errors } = await calls(n, 0);
     expect(errors).toEqual([]);
     expect(new Set(versions)).toEqual(new Set(["v1"]));
-    // Both versions computed every call; only v1's answers left the mesh. A shadow can
-    // answer after its caller has v1's answer, so the figures are read once the pairs
-    // are all in (n) or have stopped growing for a poll: read earlier, a pair met
-    // between two reads makes them disagree by one.
-    let lastMet = -1;
-    const pairs = await eventually(
-      "the pairs",
-      async () => {
-        const met = await total("recsys_prediction_shadow_pairs_total");
-        const settled = met >= n || (met >= n * 0.9 && met === lastMet);
-        lastMet = met;
-        return settled ? total("recsys_prediction_shadow_pairs_total", { result: "compared" }) : undefined;
-      },
-      30_000,
-    );
+    // Both versions computed every call; only v1's answers left the mesh.
+    await pairsSettled(n * 0.9, n);
+    const pairs = await total("recsys_prediction_shadow_pairs_total", { result: "compared" });
     expect(pairs).toBeGreaterThanOrEqual(n * 0.8);
     const labels = { primary_version: "v1", shadow_version: "v2" };
     expect(await total("recsys_prediction_shadow_overlap_count", labels)).toBe(pairs);
@@ -128,6 +135,7 @@ describe("shadow traffic", () => {
         await setRuntime(v2Sidecar, off);
       }
     };
+    await pairsSettled(0, Infinity);
     const comparedBefore = await total("recsys_prediction_shadow_pairs_total", { result: "compared" });
     await callsUnderFault({ "chaos.abort_percent": 100 }, { "chaos.abort_percent": 0 }, "aborts_injected", 60, 1000);
     // No pair met: v2 never answered.

@@ -152,7 +152,7 @@ describe("experiment service over gRPC with a real Redis", () => {
       const users = userIds(600, "rpc-");
       const context = { device: Device.MOBILE, platform: Platform.IOS, location: "US-CA" };
       const compare = async () => {
-        await until(() => library.experiment("mobile-only") !== undefined, 2_000);
+        await until(() => library.experiment("mobile-only") !== undefined, 20_000);
         let assigned = 0;
         for (let i = 0; i < users.length; i += 200) {
           const batch = users.slice(i, i + 200);
@@ -174,7 +174,7 @@ describe("experiment service over gRPC with a real Redis", () => {
       const ramped = { ...stored, variants: stored.variants.map((v) => ({ ...v, allocation: 0.5 })) };
       const versionBefore = library.version();
       await client.updateExperiment({ experiment: ramped }, admin);
-      await until(() => library.version() > versionBefore, 2_000);
+      await until(() => library.version() > versionBefore, 20_000);
       expect(Math.abs((await compare()) - 0.6 * 1 * 0.97)).toBeLessThan(0.05);
       for (const [user, variant] of before) {
         if (variant) expect(library.assign(user, context).assignments.find((a) => a.experimentId === "ranker")?.variant).toBe(variant);
