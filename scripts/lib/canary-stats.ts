@@ -44,7 +44,11 @@ export interface MirroredCounters {
 const sum = (samples: { value: number }[]) => samples.reduce((s, x) => s + x.value, 0);
 
 export async function readAppCounters(metricsUrl: string): Promise<AppCounters> {
-  const text = await fetch(metricsUrl, { signal: AbortSignal.timeout(5000) }).then((r) => r.text());
+  return appCounters(await fetch(metricsUrl, { signal: AbortSignal.timeout(5000) }).then((r) => r.text()));
+}
+
+/** The counters in one scrape of an app's /metrics (one scrape is one consistent moment). */
+export function appCounters(text: string): AppCounters {
   const answers: AppCounters["answers"] = {};
   for (const { labels, value } of series(text, "recsys_prediction_answers_total")) {
     const level = (answers[labels.cache ?? "unspecified"] ??= {});

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { localPorts } from "../../envoy/topology.js";
-import { readAppCounters } from "../../scripts/lib/canary-stats.js";
+import { appCounters } from "../../scripts/lib/canary-stats.js";
 import { setRuntime, stat } from "../../scripts/lib/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
@@ -30,11 +30,15 @@ afterAll(async () => {
   rmSync(runDir, { recursive: true, force: true });
 }, 120_000);
 
-/** Sums one metric's samples over both prediction apps' /metrics, where the labels match. */
-async function total(metric: string, labels: Record<string, string> = {}): Promise<number> {
+/** One scrape of each prediction app's /metrics: the figures in one scrape agree with each other. */
+async function scrape(): Promise<string[]> {
+  return Promise.all(["v1", "v2"].map(async (version) => (await fetch(`http://127.0.0.1:${localPorts.appMetrics("prediction", version)}/metrics`)).text()));
+}
+
+/** Sums one metric's samples over the apps' scrapes, where the labels match. */
+function sumOf(texts: string[], metric: string, labels: Record<string, string> = {}): number {
   let sum = 0;
-  for (const version of ["v1", "v2"]) {
-    const text = await (await fetch(`http://127.0.0.1:${localPorts.appMetrics("prediction", version)}/metrics`)).text();
+  for (const text of texts) {
     for (const [, rawLabels, value] of text.matchAll(new RegExp(`^${metric}(?:\\{([^}]*)\\})? (\\S+)$`, "gm"))) {
       const found = Object.fromEntries([...(rawLabels ?? "").matchAll(/(\w+)="([^"]*)"/g)].map(([, k, v]) => [k!, v!]));
       if (Object.entries(labels).every(([k, v]) => found[k] === v)) sum += Number(value);
@@ -42,6 +46,8 @@ async function total(metric: string, labels: Record<string, string> = {}): Promi
   }
   return sum;
 }
+
+const total = async (metric: string, labels: Record<string, string> = {}) => sumOf(await scrape(), metric, labels);
 
 /** n Predicts through the edge, 8 at a time: who answered each, and every error. */
 async function calls(n: number, first: number): Promise<{ versions: string[]; errors: string[] }> {
@@ -78,18 +84,19 @@ async function eventually<T>(what: string, check: () => Promise<T | undefined>, 
 
 /**
  * Waits until `all` pairs have met, or at least `atLeast` have and the count did not grow
- * over one poll. A shadow can answer after its caller has v1's answer: figures read while
- * pairs still meet disagree with each other.
+ * over one poll: a shadow can answer after its caller has v1's answer, and one that failed
+ * never pairs.
  */
-async function pairsSettled(atLeast: number, all: number): Promise<void> {
+async function pairsSettled(atLeast: number, all = Infinity): Promise<void> {
   let last = -1;
   await eventually(
-    "the pairs",
+    `at least ${atLeast} pairs, no longer growing`,
     async () => {
       const met = await total("recsys_prediction_shadow_pairs_total");
       const settled = met >= all || (met >= atLeast && met === last);
       last = met;
-      return settled ? met : undefined;
+      if (!settled) throw new Error(`${met} pairs met`);
+      return met;
     },
     30_000,
   );
@@ -103,20 +110,22 @@ describe("shadow traffic", () => {
     expect(new Set(versions)).toEqual(new Set(["v1"]));
     // Both versions computed every call; only v1's answers left the mesh.
     await pairsSettled(n * 0.9, n);
-    const pairs = await total("recsys_prediction_shadow_pairs_total", { result: "compared" });
+    // Every figure from one scrape per app: a pair met between two scrapes would make them disagree.
+    const texts = await scrape();
+    const pairs = sumOf(texts, "recsys_prediction_shadow_pairs_total", { result: "compared" });
     expect(pairs).toBeGreaterThanOrEqual(n * 0.8);
     const labels = { primary_version: "v1", shadow_version: "v2" };
-    expect(await total("recsys_prediction_shadow_overlap_count", labels)).toBe(pairs);
-    expect(await total("recsys_prediction_shadow_rbo_count", labels)).toBe(pairs);
-    const meanOverlap = (await total("recsys_prediction_shadow_overlap_sum", labels)) / pairs;
-    const meanRbo = (await total("recsys_prediction_shadow_rbo_sum", labels)) / pairs;
+    expect(sumOf(texts, "recsys_prediction_shadow_overlap_count", labels)).toBe(pairs);
+    expect(sumOf(texts, "recsys_prediction_shadow_rbo_count", labels)).toBe(pairs);
+    const meanOverlap = sumOf(texts, "recsys_prediction_shadow_overlap_sum", labels) / pairs;
+    const meanRbo = sumOf(texts, "recsys_prediction_shadow_rbo_sum", labels) / pairs;
     // The same models on both versions here: their top 10s mostly agree.
     expect(meanOverlap).toBeGreaterThan(0.5);
     expect(meanOverlap).toBeLessThanOrEqual(1);
     expect(meanRbo).toBeGreaterThan(0.5);
     expect(await stat(edgeAdmin, "cluster.prediction-v2.upstream_rq_total")).toBeGreaterThanOrEqual(n);
     // The canary controller reads the same figures into its report.
-    const apps = await Promise.all(["v1", "v2"].map((v) => readAppCounters(`http://127.0.0.1:${localPorts.appMetrics("prediction", v)}/metrics`)));
+    const apps = texts.map(appCounters);
     expect(apps[0]!.mirrored.compared + apps[1]!.mirrored.compared).toBe(pairs);
     expect((apps[0]!.mirrored.overlapSum + apps[1]!.mirrored.overlapSum) / pairs).toBeCloseTo(meanOverlap, 9);
   }, 180_000);
@@ -135,7 +144,7 @@ describe("shadow traffic", () => {
         await setRuntime(v2Sidecar, off);
       }
     };
-    await pairsSettled(0, Infinity);
+    await pairsSettled(0);
     const comparedBefore = await total("recsys_prediction_shadow_pairs_total", { result: "compared" });
     await callsUnderFault({ "chaos.abort_percent": 100 }, { "chaos.abort_percent": 0 }, "aborts_injected", 60, 1000);
     // No pair met: v2 never answered.

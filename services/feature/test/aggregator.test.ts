@@ -182,8 +182,8 @@ describe("aggregator exactly-once under crashes", () => {
 
     // The popular lists are published from the live sets every POPULAR_PUBLISH_INTERVAL_MS,
     // so a first read can predate the publish that follows the last applied event.
+    const popular = (d: typeof reference) => d.store.zrevrange("recsys:popular:all", 0, -1, "WITHSCORES");
     await eventually(async () => {
-      const popular = (d: typeof reference) => d.store.zrevrange("recsys:popular:all", 0, -1, "WITHSCORES");
       const [expectedPopular, actualPopular] = await Promise.all([popular(reference), popular(crashing)]);
       expect(expectedPopular.length).toBeGreaterThan(0);
       expect(actualPopular).toEqual(expectedPopular);
