@@ -3,7 +3,7 @@
 // bounds on rates and their differences, and how alike two rankings are.
 
 /** A Prometheus text exposition, reduced to the series of one metric family: labels and value. */
-function series(text: string, name: string): { labels: Record<string, string>; value: number }[] {
+export function series(text: string, name: string): { labels: Record<string, string>; value: number }[] {
   const out: { labels: Record<string, string>; value: number }[] = [];
   const pattern = new RegExp(`^${name}\\{([^}]*)\\} (\\S+)$`);
   for (const line of text.split("\n")) {

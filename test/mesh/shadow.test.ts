@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PredictionService } from "../../gen/recsys/prediction/v1/prediction_pb.js";
 import { localPorts } from "../../envoy/topology.js";
-import { appCounters } from "../../scripts/lib/canary-stats.js";
+import { appCounters, series } from "../../scripts/lib/canary-stats.js";
 import { setRuntime, stat } from "../../scripts/lib/envoy-admin.js";
 import { startMesh, type Mesh } from "../../scripts/lib/mesh.js";
 import { edgeClient, edgeTokenMinter } from "../support/tokens.js";
@@ -37,14 +37,10 @@ async function scrape(): Promise<string[]> {
 
 /** Sums one metric's samples over the apps' scrapes, where the labels match. */
 function sumOf(texts: string[], metric: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const text of texts) {
-    for (const [, rawLabels, value] of text.matchAll(new RegExp(`^${metric}(?:\\{([^}]*)\\})? (\\S+)$`, "gm"))) {
-      const found = Object.fromEntries([...(rawLabels ?? "").matchAll(/(\w+)="([^"]*)"/g)].map(([, k, v]) => [k!, v!]));
-      if (Object.entries(labels).every(([k, v]) => found[k] === v)) sum += Number(value);
-    }
-  }
-  return sum;
+  return texts
+    .flatMap((text) => series(text, metric))
+    .filter((sample) => Object.entries(labels).every(([k, v]) => sample.labels[k] === v))
+    .reduce((sum, sample) => sum + sample.value, 0);
 }
 
 const total = async (metric: string, labels: Record<string, string> = {}) => sumOf(await scrape(), metric, labels);
