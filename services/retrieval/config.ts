@@ -25,6 +25,11 @@ export const retrievalConfigShape = {
   INDEX_LOG_APPLY_WAIT_MS: positiveInt(10_000, 120_000),
   /** A popular-list read slower than this falls back to the catalogue's static popularity. */
   REDIS_TIMEOUT_MS: positiveInt(100, 10_000),
+  /**
+   * How long a popular or trending list read from Redis answers every request before it is
+   * read again (0: every request reads). The feature service republishes them every 5 s.
+   */
+  POPULAR_CACHE_MS: z.coerce.number().int().min(0).max(60_000).default(1_000),
   HNSW_M: z.coerce.number().int().min(4).max(64).default(16),
   HNSW_EF_CONSTRUCTION: z.coerce.number().int().min(10).max(2000).default(100),
   /** Default search breadth; a request's ef may raise it up to HNSW_MAX_EF. */

@@ -50,7 +50,7 @@ export async function startRetrievalService(env: Record<string, string | undefin
       readCatalog(join(config.MODELS_DIR, "catalog", config.CATALOG_VERSION, "items.jsonl")),
       embeddingsModifiedMs(embeddingsDir),
     ]);
-    popular = new PopularLists(config, config.REDIS_TIMEOUT_MS, staticPopularity(catalog), log);
+    popular = new PopularLists(config, config.REDIS_TIMEOUT_MS, staticPopularity(catalog), log, config.POPULAR_CACHE_MS);
     const categoryOf = new Map(catalog.map((item) => [item.itemId, item.category]));
     const { dim, items } = artifacts;
     store = await IndexStore.open({

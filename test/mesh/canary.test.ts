@@ -73,7 +73,7 @@ describe("canary controller", () => {
     expect(await weights()).toEqual({ v1: 0, v2: 100 });
   });
 
-  it("rolls back a v2 that aborts 60% of its calls within 2 s of the first step, with no more than 0.1% of callers failing", async () => {
+  it("rolls back a v2 that aborts 60% of its calls on the first evidence, before the step has the calls a pass needs, with no more than 0.1% of callers failing", async () => {
     await canary.allOnV1();
     await v2Back();
     const chaos = (values: Record<string, number>) => setRuntime(canary.sidecarAdmin("prediction-v2"), values);
@@ -87,7 +87,9 @@ describe("canary controller", () => {
       const step = report.steps.at(-1)!;
       expect(step.weight).toBe(20);
       expect(step.reason).toMatch(/failed|ejected|no healthy/);
-      expect(step.durationMs).toBeLessThanOrEqual(2000);
+      // Counted, not timed: the traffic's rate is fixed, so a machine's speed does not move
+      // this, while a controller that waited out the step would need minRequests v2 calls.
+      expect(step.figures.edge!.requests).toBeLessThan(report.gates.minRequests);
       // The failures v1 answered on retry, as the edge counted them, and as the canary did.
       expect((await retryStat("upstream_rq_retry")) - retriesBefore).toBeGreaterThan(0);
       expect((await retryStat("upstream_rq_retry_success")) - retriedOkBefore).toBeGreaterThan(0);

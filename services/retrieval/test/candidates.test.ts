@@ -38,7 +38,7 @@ describe("candidates and popular lists with Redis", () => {
     // item-5 is cat-5: a list the filter must still check.
     await writer.zadd("recsys:trending:cat-4", 9, "item-5", 8, "item-10", 7, "item-4");
     await writer.zadd("recsys:trending:all", ...Array.from({ length: 5 }, (_, i) => [50 - i, `item-${700 + i}`]).flat());
-    ({ server, client } = await startRetrieval({ MODELS_DIR: join(dir, "models"), RETRIEVAL_DATA_DIR: join(dir, "data"), ...redis.env, METRICS_PORT: "0", EXACT_SEARCH_BELOW: "0" }));
+    ({ server, client } = await startRetrieval({ MODELS_DIR: join(dir, "models"), RETRIEVAL_DATA_DIR: join(dir, "data"), ...redis.env, METRICS_PORT: "0", EXACT_SEARCH_BELOW: "0", POPULAR_CACHE_MS: "0" }));
   });
   afterAll(async () => {
     writer?.disconnect();
