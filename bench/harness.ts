@@ -103,7 +103,10 @@ export interface GhzOptions {
   /** A JSON file holding an array of messages, sent round-robin. */
   dataFile?: string;
   concurrency: number;
+  /** How long the run lasts; with `calls`, the most it may take. */
   durationS: number;
+  /** A run of exactly this many calls instead of one of durationS. */
+  calls?: number;
   /** Open-loop rate; 0 means as fast as possible. */
   rps?: number;
   connections?: number;
@@ -122,7 +125,7 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
     "--call", options.call,
     ...(options.dataFile ? ["-D", options.dataFile] : ["-d", JSON.stringify(options.data ?? {})]),
     "-c", String(options.concurrency),
-    "-z", `${options.durationS}s`,
+    ...(options.calls ? ["-n", String(options.calls)] : ["-z", `${options.durationS}s`]),
     "--connections", String(options.connections ?? Math.min(options.concurrency, 4)),
     "--format", "json",
     // Drop the first half second (connection set-up), not a fixed count that would
