@@ -171,6 +171,11 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
   };
 }
 
+/** Each distinct message once, in order of first appearance: a warm-up that caches every answer a replay of `messages` asks for. */
+export function distinctMessages(messages: readonly unknown[]): unknown[] {
+  return [...new Set(messages.map((m) => JSON.stringify(m)))].map((m) => JSON.parse(m) as unknown);
+}
+
 export function ratio(name: string, value: number, target: string, pass: boolean): Ratio {
   return { name, value: Math.round(value * 1000) / 1000, target, pass };
 }

@@ -31,7 +31,8 @@ interface ListRead {
 const MAX_HELD_LISTS = 10_000;
 
 export interface RankedList extends ListRequest {
-  items: RankedItem[];
+  /** Shared by every request the read answers: never changed in place. */
+  items: readonly RankedItem[];
   /** Why the list came from the catalogue instead of Redis, when it did. */
   fallback?: "redis_unavailable" | "empty";
 }
@@ -70,7 +71,7 @@ export class PopularLists {
   private readonly redis: RedisClient;
   private redisDown = false;
   /** Replies by key and count: the items, best first; [] for a list nobody published. */
-  private readonly held: LRUCache<string, RankedItem[], ListRead> | undefined;
+  private readonly held: LRUCache<string, readonly RankedItem[], ListRead> | undefined;
 
   constructor(
     settings: RedisSettings,
@@ -87,7 +88,7 @@ export class PopularLists {
     });
     this.held =
       cacheMs > 0
-        ? new LRUCache<string, RankedItem[], ListRead>({
+        ? new LRUCache<string, readonly RankedItem[], ListRead>({
             max: MAX_HELD_LISTS,
             ttl: cacheMs,
             fetchMethod: (_key, _stale, { context }) => this.readRedis(context),
@@ -106,10 +107,10 @@ export class PopularLists {
     });
   }
 
-  private async readHeld(list: ListRead): Promise<RankedItem[]> {
+  private async readHeld(list: ListRead): Promise<readonly RankedItem[]> {
     if (!this.held) return this.readRedis(list);
     const items = await this.held.fetch(`${list.count} ${list.key}`, { context: list });
-    if (!items) throw new Error(`the read of ${list.key} was aborted`);
+    if (!items) throw new Error(`no answer for ${list.key}`);
     return items;
   }
 

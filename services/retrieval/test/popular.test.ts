@@ -27,7 +27,7 @@ describe("popular lists held between reads", () => {
     await eventually(async () => expect((await popular.read([all], 1))[0]!.fallback).toBeUndefined());
     return popular;
   };
-  /** ZREVRANGE commands Redis has served so far. */
+  /** ZREVRANGE commands Redis has served so far (one node's INFO: this file runs on a single Redis, not in the cluster project). */
   const listReads = async () => Number((await writer.info("commandstats")).match(/cmdstat_zrevrange:calls=(\d+)/)?.[1] ?? 0);
 
   beforeAll(async () => {
