@@ -8,12 +8,12 @@
 // Processes are found by the ports they listen on (envoy/topology.ts), so ghz and
 // this process are not counted.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { instances, localListeners } from "../envoy/topology.js";
 import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
-import { cpuSeconds, distinctMessages, ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { cpuSeconds, ghz, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 import { series } from "../scripts/lib/canary-stats.js";
 import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ROOT } from "../scripts/lib/tools.js";
@@ -53,10 +53,7 @@ interface Workload {
   messages: unknown[];
   /** Seconds of the same load before measuring, for the steady state of the caches. */
   warmUpS?: number;
-  /**
-   * Before measuring, one call for each distinct message, so every answer the run asks
-   * for is cached, however far a timed warm-up would have got on this machine.
-   */
+  /** Before measuring, one call for each distinct message (the harness's warmUpEachMessage). */
   warmUpEachMessage?: boolean;
 }
 
@@ -89,23 +86,18 @@ async function measureCost(mesh: Mesh, w: Workload, dir: string): Promise<Scenar
   const dataFile = join(dir, `${w.name.replace(/\W+/g, "-")}.json`);
   writeFileSync(dataFile, JSON.stringify(w.messages));
   const metadata = await loadGeneratorAuth("bench-cost");
-  const run = (name: string, durationS = seconds) => ghz({ name, address: mesh.edge, call: w.call, proto: w.proto, dataFile, concurrency, connections: 4, durationS, metadata });
+  const load = { address: mesh.edge, call: w.call, proto: w.proto, dataFile, concurrency, connections: 4, metadata };
+  const run = (name: string, durationS = seconds) => ghz({ name, ...load, durationS });
   if (w.warmUpS) await run(`${w.name} warm-up`, w.warmUpS);
-  if (w.warmUpEachMessage) {
-    const distinct = distinctMessages(w.messages);
-    const warmUpFile = join(dir, `${w.name.replace(/\W+/g, "-")}-each.json`);
-    writeFileSync(warmUpFile, JSON.stringify(distinct));
-    const warmUp = await ghz({ name: `${w.name} warm-up`, address: mesh.edge, call: w.call, proto: w.proto, dataFile: warmUpFile, concurrency, connections: 4, durationS: 600, calls: distinct.length, metadata });
-    // A failed warm-up call leaves its user to be computed in the measured run (computed_per_call shows it).
-    if (warmUp.errors) console.warn(`${w.name} warm-up: ${warmUp.errors} of ${distinct.length} calls failed`, warmUp.status_codes);
-  }
+  if (w.warmUpEachMessage) await warmUpEachMessage({ name: `${w.name} warm-up`, ...load });
+  // Read outside both CPU windows: a scrape costs the app CPU too.
+  const computedBefore = await computedForRequests(mesh);
   const processes = meshProcesses();
   const idleStart = snapshot(processes);
   const idleFrom = performance.now();
   await new Promise((resolve) => setTimeout(resolve, idleSeconds * 1000));
   const before = snapshot(processes);
   const idleS = (performance.now() - idleFrom) / 1000;
-  const computedBefore = await computedForRequests(mesh);
   const started = performance.now();
   const result = await run(w.name);
   const after = snapshot(processes);
@@ -137,8 +129,8 @@ const suite: BenchSuite = {
   async run() {
     const instanceNodeArgs = profileDir ? Object.fromEntries(instances.map((i) => [i.id, ["--cpu-prof", "--cpu-prof-dir", profileDir]])) : undefined;
     const mesh = await startMesh({ env: { LOG_LEVEL: "warn" }, instanceNodeArgs });
+    const dir = mkdtempSync(join(tmpdir(), "recsys-cost-"));
     try {
-      const dir = mkdtempSync(join(tmpdir(), "recsys-cost-"));
       const results: ScenarioResult[] = [];
       const selected = workloads().filter((w) => scenarioFilter.length === 0 || scenarioFilter.some((f) => w.name.includes(f)));
       for (const w of selected) {
@@ -154,6 +146,7 @@ const suite: BenchSuite = {
       return { scenarios: results, ratios };
     } finally {
       await mesh.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   },
 };

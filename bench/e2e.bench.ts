@@ -4,7 +4,7 @@
 // the same edge and sidecar path, and called directly, gives the ceiling of the
 // stack on this machine. Writes the scenarios and ratios (latest.json), a
 // latency-throughput plot (e2e.svg) and a table (e2e.md).
-import { existsSync, readFileSync, writeFileSync, mkdtempSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import * as vega from "vega";
@@ -12,7 +12,7 @@ import { compile } from "vega-lite";
 import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
 import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ROOT } from "../scripts/lib/tools.js";
-import { distinctMessages, ghz, ratio, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { ghz, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.E2E_SECONDS ?? 6);
 const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split(",").map(Number);
@@ -29,8 +29,8 @@ interface Workload {
   call: string;
   proto: string;
   dataFile: string;
-  /** Sent once before the ceiling run: each distinct message of the workload, so every answer it asks for is cached. */
-  warmUp?: { dataFile: string; calls: number };
+  /** Before the ceiling run, one call for each distinct message (the harness's warmUpEachMessage). */
+  warmUpEachMessage?: boolean;
 }
 
 function writeData(dir: string, name: string, messages: unknown[]): string {
@@ -43,7 +43,6 @@ function workloads(dir: string): Workload[] {
   const users = userIds();
   const zipf = zipfSampler(users.length, 1.1, 42);
   const cached = Array.from({ length: 20_000 }, () => ({ user_id: users[zipf()], num_predictions: 10 }));
-  const cachedOnce = distinctMessages(cached);
   const full = Array.from({ length: 20_000 }, (_, i) => ({ user_id: users[(i * 7919) % users.length], num_predictions: 10, bypass_cache: true }));
   // Mixed: mostly returning users (cache), some cold requests and larger pages.
   const mixed = Array.from({ length: 20_000 }, (_, i) =>
@@ -55,7 +54,7 @@ function workloads(dir: string): Workload[] {
   return [
     { name: "echo direct", address: (m) => `127.0.0.1:${m.instances.find((i) => i.service === "echo")!.appPort}`, ...echoCall, dataFile: writeData(dir, "echo", echo) },
     { name: "echo via edge + sidecar", address: (m) => m.edge, ...echoCall, dataFile: writeData(dir, "echo", echo) },
-    { name: "cached Predict (Zipf 1.1)", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "cached", cached), warmUp: { dataFile: writeData(dir, "cached-each", cachedOnce), calls: cachedOnce.length } },
+    { name: "cached Predict (Zipf 1.1)", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "cached", cached), warmUpEachMessage: true },
     { name: "full Predict (cache off)", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "full", full) },
     { name: "mixed Predict", address: (m) => m.edge, ...predict, dataFile: writeData(dir, "mixed", mixed) },
   ];
@@ -68,9 +67,7 @@ async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult
   // per request per second, up to 128, keeps every worker's share at one or more.
   const run = (name: string, rps?: number, durationS = seconds) =>
     ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? Math.min(128, rps) : 32, connections: 4, durationS, rps, metadata, extra: { workload: w.name } });
-  if (w.warmUp) {
-    await ghz({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.warmUp.dataFile, calls: w.warmUp.calls, concurrency: 32, connections: 4, durationS: 600, metadata });
-  }
+  if (w.warmUpEachMessage) await warmUpEachMessage({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: 32, connections: 4, metadata });
   const ceiling = await run(`${w.name} ceiling (closed loop, c=32)`);
   const points: ScenarioResult[] = [];
   for (const f of fractions) {
@@ -120,8 +117,8 @@ const suite: BenchSuite = {
   name: "e2e",
   async run() {
     const mesh = await startMesh({ env: { LOG_LEVEL: "warn" } });
+    const dir = mkdtempSync(join(tmpdir(), "recsys-e2e-"));
     try {
-      const dir = mkdtempSync(join(tmpdir(), "recsys-e2e-"));
       const results = new Map<string, { ceiling: ScenarioResult; points: ScenarioResult[] }>();
       for (const w of workloads(dir)) results.set(w.name, await sweep(mesh, w));
       const ceilings = [...results.values()].map((r) => r.ceiling);
@@ -145,6 +142,7 @@ const suite: BenchSuite = {
       };
     } finally {
       await mesh.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   },
 };

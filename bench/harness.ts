@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, tool } from "../scripts/lib/tools.js";
 
@@ -171,9 +171,19 @@ export async function ghz(options: GhzOptions): Promise<ScenarioResult> {
   };
 }
 
-/** Each distinct message once, in order of first appearance: a warm-up that caches every answer a replay of `messages` asks for. */
-export function distinctMessages(messages: readonly unknown[]): unknown[] {
-  return [...new Set(messages.map((m) => JSON.stringify(m)))].map((m) => JSON.parse(m) as unknown);
+/**
+ * One call for each distinct message of the data file: a warm-up after which every answer a
+ * replay of the file asks for is cached, however fast the machine. ghz replays a file from its
+ * start in every run, so a timed warm-up on a slow machine covers fewer messages than the
+ * faster run after it sends.
+ */
+export async function warmUpEachMessage(options: Omit<GhzOptions, "durationS" | "calls" | "rps"> & { dataFile: string }): Promise<void> {
+  const distinct = [...new Set((JSON.parse(readFileSync(options.dataFile, "utf8")) as unknown[]).map((m) => JSON.stringify(m)))];
+  const dataFile = options.dataFile.replace(/\.json$/, "-each.json");
+  writeFileSync(dataFile, `[${distinct.join(",")}]`);
+  const result = await ghz({ ...options, dataFile, calls: distinct.length, durationS: 600 });
+  // A failed warm-up call leaves its answer to be computed by the run after it.
+  if (result.errors) console.warn(`${options.name}: ${result.errors} of ${distinct.length} calls failed`, result.status_codes);
 }
 
 export function ratio(name: string, value: number, target: string, pass: boolean): Ratio {

@@ -1,9 +1,8 @@
 // Popular and trending lists held between reads, against a real Redis: how many reads
 // reach it (its own INFO commandstats), and what a request is answered while a held
 // list is renewed or Redis is gone.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { startTestRedis, type TestRedisTarget } from "../../../test/support/redis-cluster.js";
-import { eventually } from "../../feature/test/helpers.js";
 import { createLogger } from "../../kit/index.js";
 import type { RedisClient } from "../../kit/redis.js";
 import { PopularLists, staticPopularity, type RankedList } from "../popular.js";
@@ -24,7 +23,7 @@ describe("popular lists held between reads", () => {
   const lists = async (cacheMs: number) => {
     const popular = new PopularLists(redis.env, 1_000, catalogue, log, cacheMs);
     opened.push(popular);
-    await eventually(async () => expect((await popular.read([all], 1))[0]!.fallback).toBeUndefined());
+    await vi.waitFor(async () => expect((await popular.read([all], 1))[0]!.fallback).toBeUndefined(), { timeout: 10_000 });
     return popular;
   };
   /** ZREVRANGE commands Redis has served so far (one node's INFO: this file runs on a single Redis, not in the cluster project). */
@@ -66,7 +65,7 @@ describe("popular lists held between reads", () => {
     expect(top(await popular.read([all], 10))).toEqual(["item-a"]);
     await writer.zadd("recsys:popular:all", 10, "item-new");
     try {
-      await eventually(async () => expect(top(await popular.read([all], 10))).toEqual(["item-new"]), 10_000);
+      await vi.waitFor(async () => expect(top(await popular.read([all], 10))).toEqual(["item-new"]), { timeout: 10_000 });
     } finally {
       await writer.zrem("recsys:popular:all", "item-new");
     }
@@ -82,11 +81,14 @@ describe("popular lists held between reads", () => {
       const [list] = await held.read([all], 10);
       expect(list!.fallback).toBeUndefined();
       expect(list!.items.map((item) => item.itemId)).toEqual(["item-a", "item-b", "item-c"]);
-      const fallback = await eventually(async () => {
-        const [list] = await brief.read([all], 10);
-        expect(list!.fallback).toBe("redis_unavailable");
-        return list!;
-      }, 10_000);
+      const fallback = await vi.waitFor(
+        async () => {
+          const [list] = await brief.read([all], 10);
+          expect(list!.fallback).toBe("redis_unavailable");
+          return list!;
+        },
+        { timeout: 10_000 },
+      );
       expect(fallback.items.map((item) => item.itemId)).toEqual(["static-1", "static-2"]);
     } finally {
       await redis.restart();
