@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT, tool } from "../scripts/lib/tools.js";
 
@@ -24,12 +24,37 @@ export interface Ratio {
 
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
-/** CPU seconds a process has used so far (user + system, from /proc). */
-export function cpuSeconds(pid: number): number {
+/** CPU seconds in a /proc stat file (user + system). */
+function statCpuSeconds(path: string): number {
   // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const stat = readFileSync(path, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+/** CPU seconds a process has used so far (user + system, from /proc). */
+export function cpuSeconds(pid: number): number {
+  return statCpuSeconds(`/proc/${pid}/stat`);
+}
+
+/**
+ * CPU seconds a process's live threads have used so far, summed by kind of thread:
+ * "main" (the event loop), then by the name the runtime gives its threads. Node 24 names
+ * its worker threads "WorkerThread" and V8's garbage-collector and compiler helpers
+ * "V8Worker"; Node 20 names them all "node". A thread that ends between two readings
+ * drops out of the second, so compare readings over a window where no thread ends.
+ */
+export function cpuSecondsByThread(pid: number): Map<string, number> {
+  const byKind = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const kind = Number(tid) === pid ? "main" : readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+      byKind.set(kind, (byKind.get(kind) ?? 0) + statCpuSeconds(`/proc/${pid}/task/${tid}/stat`));
+    } catch {
+      // The thread ended while we read it.
+    }
+  }
+  return byKind;
 }
 
 /** A bench file's default export. */

@@ -197,8 +197,12 @@ describe("retrieval service over gRPC", () => {
     };
     const rebuild = client.rebuildIndex({}, admin).finally(() => (rebuilding = false));
     const loops = Promise.all([0, 1, 2, 3].map(searchLoop));
-    const upserted = await client.upsertItems({ items: [{ itemId: "during-rebuild", category: "cat-2", embedding: row(queries, 21, DIM) }] });
-    const deleted = await client.deleteItems({ itemIds: [doomed] });
+    // Sent together, right behind the rebuild on the same connection, so they need the rebuild
+    // to last only about one round trip however fast the machine builds.
+    const [upserted, deleted] = await Promise.all([
+      client.upsertItems({ items: [{ itemId: "during-rebuild", category: "cat-2", embedding: row(queries, 21, DIM) }] }),
+      client.deleteItems({ itemIds: [doomed] }),
+    ]);
     const rebuilt = await rebuild;
     await loops;
 
