@@ -37,24 +37,29 @@ export function cpuSeconds(pid: number): number {
   return statCpuSeconds(`/proc/${pid}/stat`);
 }
 
-/**
- * CPU seconds a process's live threads have used so far, summed by kind of thread:
- * "main" (the event loop), then by the name the runtime gives its threads. Node 24 names
- * its worker threads "WorkerThread" and V8's garbage-collector and compiler helpers
- * "V8Worker"; Node 20 names them all "node". A thread that ends between two readings
- * drops out of the second, so compare readings over a window where no thread ends.
- */
-export function cpuSecondsByThread(pid: number): Map<string, number> {
-  const byKind = new Map<string, number>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+/** One thread's kind and the CPU seconds it has used so far. */
+export interface ThreadCpu {
+  /**
+   * "main" (the event loop), else the name the runtime gave the thread, cut to 15
+   * characters by the kernel. Node 24 names its worker threads "WorkerThread" and V8's
+   * garbage-collector and compiler helpers "V8Worker"; Node 20 names them all "node".
+   */
+  kind: string;
+  seconds: number;
+}
+
+/** CPU seconds each live thread of a process has used so far, by thread id (from /proc). */
+export function cpuSecondsByThread(pid: number): Map<number, ThreadCpu> {
+  const threads = new Map<number, ThreadCpu>();
+  for (const tid of readdirSync(`/proc/${pid}/task`).map(Number)) {
     try {
-      const kind = Number(tid) === pid ? "main" : readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
-      byKind.set(kind, (byKind.get(kind) ?? 0) + statCpuSeconds(`/proc/${pid}/task/${tid}/stat`));
+      const kind = tid === pid ? "main" : readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+      threads.set(tid, { kind, seconds: statCpuSeconds(`/proc/${pid}/task/${tid}/stat`) });
     } catch {
       // The thread ended while we read it.
     }
   }
-  return byKind;
+  return threads;
 }
 
 /** A bench file's default export. */

@@ -198,7 +198,7 @@ describe("retrieval service over gRPC", () => {
     const rebuild = client.rebuildIndex({}, admin).finally(() => (rebuilding = false));
     const loops = Promise.all([0, 1, 2, 3].map(searchLoop));
     // Sent together, right behind the rebuild on the same connection, so they need the rebuild
-    // to last only about one round trip however fast the machine builds.
+    // to outlast only about one round trip.
     const [upserted, deleted] = await Promise.all([
       client.upsertItems({ items: [{ itemId: "during-rebuild", category: "cat-2", embedding: row(queries, 21, DIM) }] }),
       client.deleteItems({ itemIds: [doomed] }),
