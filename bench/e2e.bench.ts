@@ -2,10 +2,10 @@
 // ghz through the edge. For each scenario: the closed-loop ceiling, then an
 // open-loop sweep of offered rates up to past saturation. The echo service behind
 // the same edge and sidecar path, and called directly, gives the ceiling of the
-// stack on this machine. Full Predict's ceiling against echo's is also measured in
-// back-to-back pairs after the sweeps, and that ratio is their median. Writes the
-// scenarios and ratios (latest.json), a latency-throughput plot (e2e.svg) and a
-// table (e2e.md).
+// stack on this machine. Full Predict's ceiling against echo's is also measured side
+// by side after the sweeps, each bracketed by two echo ceilings, and that ratio is the
+// median of the rounds. Writes the scenarios and ratios (latest.json), a
+// latency-throughput plot (e2e.svg) and a table (e2e.md).
 import { existsSync, readFileSync, rmSync, writeFileSync, mkdtempSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -18,8 +18,11 @@ import { ghz, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type Scena
 
 const seconds = Number(process.env.E2E_SECONDS ?? 6);
 const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split(",").map(Number);
-/** Rounds of back-to-back echo and full Predict ceilings the full / echo ratio is the median of. */
-const pairedRounds = Math.max(1, Number(process.env.E2E_PAIRED_ROUNDS ?? 5));
+/** Full Predict ceilings, each bracketed by echo ceilings, that the full / echo ratio is the median of. */
+const bracketedRounds = Number(process.env.E2E_BRACKETED_ROUNDS ?? 5);
+if (!Number.isInteger(bracketedRounds) || bracketedRounds < 1) throw new Error(`E2E_BRACKETED_ROUNDS must be a whole number of at least 1, not ${process.env.E2E_BRACKETED_ROUNDS}`);
+/** Quiet time after the sweeps' last overload step, so its backlog does not fall into the first bracketed ceiling. */
+const settleSeconds = 5;
 
 function userIds(): string[] {
   const file = join(ROOT, "models", "embeddings", "v1", "user_ids.txt");
@@ -65,7 +68,7 @@ function workloads(dir: string): Workload[] {
 }
 
 /** One ghz run of a workload: closed loop at c=32, or open loop at `rps`. */
-async function load(mesh: Mesh, w: Workload, name: string, rps?: number, extra: Record<string, unknown> = {}): Promise<ScenarioResult> {
+async function ghzRun(mesh: Mesh, w: Workload, name: string, rps?: number, extra: Record<string, unknown> = {}): Promise<ScenarioResult> {
   const metadata = await loadGeneratorAuth("bench-e2e");
   // ghz divides --rps among its workers: with more workers than requests per second
   // each worker's share rounds away and the offered rate is never reached. One worker
@@ -74,7 +77,7 @@ async function load(mesh: Mesh, w: Workload, name: string, rps?: number, extra: 
 }
 
 async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
-  const run = (name: string, rps?: number) => load(mesh, w, name, rps);
+  const run = (name: string, rps?: number) => ghzRun(mesh, w, name, rps);
   if (w.warmUpEachMessage) {
     await warmUpEachMessage({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: 32, connections: 4, metadata: await loadGeneratorAuth("bench-e2e") });
   }
@@ -90,23 +93,26 @@ async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult
 }
 
 /**
- * Two workloads' ceilings measured back to back, `pairedRounds` times, the order
- * alternating so a machine that speeds up or slows down over the run favours neither.
- * One ceiling each, minutes apart (the sweeps), lets the ratio move with whatever else
- * the machine did in between; the median of adjacent pairs does not.
+ * The candidate's ceiling against the reference's, measured side by side: reference,
+ * candidate, reference, ... candidate, reference, closed loop, back to back. Each
+ * candidate ceiling is divided by the mean of the two reference ceilings around it, which
+ * cancels a machine that speeds up or slows down steadily over the run; neither workload
+ * runs twice in a row, so neither finds the other's caches warm from itself. Two single
+ * ceilings minutes apart move with whatever else the machine did in between.
  */
-async function pairedCeilings(mesh: Mesh, a: Workload, b: Workload): Promise<{ runs: ScenarioResult[]; ratios: number[] }> {
+async function bracketedCeilings(mesh: Mesh, reference: Workload, candidate: Workload): Promise<{ runs: ScenarioResult[]; ratios: number[] }> {
+  await new Promise((resolve) => setTimeout(resolve, settleSeconds * 1000));
+  const ceiling = (w: Workload, round: number) => ghzRun(mesh, w, `${w.name} ceiling (closed loop, c=32), bracketed round ${round}`, undefined, { bracketed_round: round });
   const runs: ScenarioResult[] = [];
   const ratios: number[] = [];
-  for (let round = 1; round <= pairedRounds; round++) {
-    const order = round % 2 === 1 ? [a, b] : [b, a];
-    const byName = new Map<string, ScenarioResult>();
-    for (const w of order) {
-      const result = await load(mesh, w, `${w.name} ceiling (closed loop, c=32), paired round ${round}`, undefined, { paired_round: round });
-      byName.set(w.name, result);
-      runs.push(result);
-    }
-    ratios.push(byName.get(b.name)!.qps / byName.get(a.name)!.qps);
+  let before = await ceiling(reference, 0);
+  runs.push(before);
+  for (let round = 1; round <= bracketedRounds; round++) {
+    const measured = await ceiling(candidate, round);
+    const after = await ceiling(reference, round);
+    runs.push(measured, after);
+    ratios.push(measured.qps / ((before.qps + after.qps) / 2));
+    before = after;
   }
   return { runs, ratios };
 }
@@ -141,12 +147,12 @@ async function plot(points: ScenarioResult[], file: string) {
   writeFileSync(file, await view.toSVG());
 }
 
-function table(ceilings: ScenarioResult[], points: ScenarioResult[], paired: ScenarioResult[]): string {
+function table(ceilings: ScenarioResult[], points: ScenarioResult[], bracketed: ScenarioResult[]): string {
   const rows = [
     "| workload | offered rps | achieved QPS | p50 ms | p99 ms | errors |",
     "|---|---|---|---|---|---|",
     ...ceilings.map((c) => `| ${c.workload} | ceiling (closed loop) | ${c.qps} | ${c.p50_ms.toFixed(2)} | ${c.p99_ms.toFixed(2)} | ${c.errors} |`),
-    ...paired.map((c) => `| ${c.workload} | ceiling (closed loop), paired round ${c.paired_round} | ${c.qps} | ${c.p50_ms.toFixed(2)} | ${c.p99_ms.toFixed(2)} | ${c.errors} |`),
+    ...bracketed.map((c) => `| ${c.workload} | ceiling (closed loop), bracketed round ${c.bracketed_round} | ${c.qps} | ${c.p50_ms.toFixed(2)} | ${c.p99_ms.toFixed(2)} | ${c.errors} |`),
     ...points.map((p) => `| ${p.workload} | ${p.offered_rps}${p.reached_offered_rate ? "" : " (not reached)"} | ${p.qps} | ${p.p50_ms.toFixed(2)} | ${p.p99_ms.toFixed(2)} | ${p.errors} |`),
   ];
   return `${rows.join("\n")}\n`;
@@ -163,21 +169,21 @@ const suite: BenchSuite = {
       for (const w of all) results.set(w.name, await sweep(mesh, w));
       const full = "full Predict (cache off)";
       const echoViaMesh = "echo via edge + sidecar";
-      const paired = await pairedCeilings(mesh, all.find((w) => w.name === echoViaMesh)!, all.find((w) => w.name === full)!);
+      const bracketed = await bracketedCeilings(mesh, all.find((w) => w.name === echoViaMesh)!, all.find((w) => w.name === full)!);
       const ceilings = [...results.values()].map((r) => r.ceiling);
       const points = [...results.values()].flatMap((r) => r.points);
       await plot(points, join(ROOT, "bench", "results", "e2e.svg"));
-      writeFileSync(join(ROOT, "bench", "results", "e2e.md"), table(ceilings, points, paired.runs));
+      writeFileSync(join(ROOT, "bench", "results", "e2e.md"), table(ceilings, points, bracketed.runs));
       const get = (name: string) => results.get(name)!;
       const at = (name: string, fraction: number) => get(name).points[fractions.indexOf(fraction)]!;
       const belowSaturation = points.filter((p) => (p.offered_rps as number) <= 0.9 * get(p.workload as string).ceiling.qps);
-      const fullOverEcho = median(paired.ratios);
-      console.log(`full Predict / echo via the mesh, paired ceilings: ${paired.ratios.map((r) => r.toFixed(3)).join(", ")} (median ${fullOverEcho.toFixed(3)})`);
+      const fullOverEcho = median(bracketed.ratios);
+      console.log(`full Predict / echo via the mesh, bracketed ceilings: ${bracketed.ratios.map((r) => r.toFixed(3)).join(", ")} (median ${fullOverEcho.toFixed(3)})`);
       return {
-        scenarios: [...ceilings, ...points, ...paired.runs],
+        scenarios: [...ceilings, ...points, ...bracketed.runs],
         ratios: [
           ratio("cached Predict / echo, same edge + sidecar path (QPS)", get("cached Predict (Zipf 1.1)").ceiling.qps / get(echoViaMesh).ceiling.qps, ">= 0.5", get("cached Predict (Zipf 1.1)").ceiling.qps / get(echoViaMesh).ceiling.qps >= 0.5),
-          ratio(`full Predict / echo, same edge + sidecar path (QPS, median of ${pairedRounds} paired ceilings)`, fullOverEcho, ">= 0.3", fullOverEcho >= 0.3),
+          ratio(`full Predict / echo, same edge + sidecar path (QPS, median of ${bracketedRounds} bracketed ceilings)`, fullOverEcho, ">= 0.3", fullOverEcho >= 0.3),
           ratio("full Predict / echo, same edge + sidecar path (QPS, the sweeps' single ceilings)", get(full).ceiling.qps / get(echoViaMesh).ceiling.qps, "informational", true),
           ratio("full / cached Predict (QPS)", get(full).ceiling.qps / get("cached Predict (Zipf 1.1)").ceiling.qps, "informational", true),
           ratio("echo via mesh / direct (QPS)", get(echoViaMesh).ceiling.qps / get("echo direct").ceiling.qps, "informational", true),
