@@ -15,7 +15,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { instances, localListeners } from "../envoy/topology.js";
 import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
-import { cpuSeconds, cpuSecondsByThread, ghz, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult, type ThreadCpu } from "./harness.js";
+import { cpuSeconds, cpuSecondsByThread, ghz, rankerBenchRows, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult, type ThreadCpu } from "./harness.js";
 import { series } from "../scripts/lib/canary-stats.js";
 import { readEmbeddings } from "../services/kit/artifacts.js";
 import { OnnxModel } from "../services/prediction/models.js";
@@ -119,11 +119,13 @@ async function measureCost(mesh: Mesh, w: Workload, dir: string): Promise<Scenar
   const elapsedS = (performance.now() - started) / 1000;
   // Every call served in the window costs CPU, the ones ghz left out of its tally too.
   const calls = Math.max(1, (result.count as number) + ((result.skipped_first as number | undefined) ?? 0));
+  /** CPU seconds of the measured run above the idle rate, from three readings of one process or thread. */
+  const busyAboveIdle = (atIdleStart: number, atStart: number, atEnd: number) => atEnd - atStart - ((atStart - atIdleStart) / idleS) * elapsedS;
   const byProcess: Record<string, number> = {};
   const idleByProcess: Record<string, number> = {};
   for (const [pid, what] of processes) {
     const idlePerS = (before.get(pid)! - idleStart.get(pid)!) / idleS;
-    const busy = Math.max(0, after.get(pid)! - before.get(pid)! - idlePerS * elapsedS);
+    const busy = Math.max(0, busyAboveIdle(idleStart.get(pid)!, before.get(pid)!, after.get(pid)!));
     byProcess[what] = Math.round((byProcess[what] ?? 0) + (busy * 1e6) / calls);
     idleByProcess[what] = Math.round(((idleByProcess[what] ?? 0) + idlePerS * 1000) * 10) / 10;
   }
@@ -133,8 +135,7 @@ async function measureCost(mesh: Mesh, w: Workload, dir: string): Promise<Scenar
   const threadSeconds: Record<string, number> = {};
   for (const [tid, { kind, seconds: usedAfter }] of afterThreads) {
     const usedBefore = beforeThreads.get(tid)?.seconds ?? 0;
-    const idlePerS = (usedBefore - (idleStartThreads.get(tid)?.seconds ?? usedBefore)) / idleS;
-    threadSeconds[kind] = (threadSeconds[kind] ?? 0) + usedAfter - usedBefore - idlePerS * elapsedS;
+    threadSeconds[kind] = (threadSeconds[kind] ?? 0) + busyAboveIdle(idleStartThreads.get(tid)?.seconds ?? usedBefore, usedBefore, usedAfter);
   }
   const predictionByThread: Record<string, number> = {};
   if (predictionPid) {
@@ -189,8 +190,7 @@ async function inProcessWork(durationS: number): Promise<ScenarioResult> {
   const work: Record<string, number> = {};
   work[`ANN search, k=${retrieval.CANDIDATES_ANN_K}, ${items.ids.length} items`] = await cpuPerCall((i) => index.search(userVector(i), retrieval.CANDIDATES_ANN_K), durationS);
 
-  const bytes = readFileSync(resolve(ROOT, "models", "parity", "v1", "bench_features.f32"));
-  const rows = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+  const rows = rankerBenchRows();
   const perRequest = prediction.CANDIDATES_K;
   for (const name of ["ranker-gbdt", "ranker-mlp"]) {
     const model = await OnnxModel.load(resolve(ROOT, prediction.MODELS_DIR, name, "v1"), { threads: prediction.ORT_THREADS });

@@ -14,7 +14,7 @@ import { compile } from "vega-lite";
 import { startMesh, type Mesh } from "../scripts/lib/mesh.js";
 import { loadGeneratorAuth } from "../scripts/lib/token.js";
 import { ROOT } from "../scripts/lib/tools.js";
-import { ghz, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
+import { ghz, percentile, ratio, warmUpEachMessage, zipfSampler, type BenchSuite, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.E2E_SECONDS ?? 6);
 const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split(",").map(Number);
@@ -67,19 +67,21 @@ function workloads(dir: string): Workload[] {
   ];
 }
 
+/** The load generator's credentials, minted once for the whole run. */
+type Metadata = Awaited<ReturnType<typeof loadGeneratorAuth>>;
+
 /** One ghz run of a workload: closed loop at c=32, or open loop at `rps`. */
-async function ghzRun(mesh: Mesh, w: Workload, name: string, rps?: number, extra: Record<string, unknown> = {}): Promise<ScenarioResult> {
-  const metadata = await loadGeneratorAuth("bench-e2e");
+function ghzRun(mesh: Mesh, metadata: Metadata, w: Workload, name: string, rps?: number, extra: Record<string, unknown> = {}): Promise<ScenarioResult> {
   // ghz divides --rps among its workers: with more workers than requests per second
   // each worker's share rounds away and the offered rate is never reached. One worker
   // per request per second, up to 128, keeps every worker's share at one or more.
   return ghz({ name, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: rps ? Math.min(128, rps) : 32, connections: 4, durationS: seconds, rps, metadata, extra: { workload: w.name, ...extra } });
 }
 
-async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
-  const run = (name: string, rps?: number) => ghzRun(mesh, w, name, rps);
+async function sweep(mesh: Mesh, metadata: Metadata, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
+  const run = (name: string, rps?: number) => ghzRun(mesh, metadata, w, name, rps);
   if (w.warmUpEachMessage) {
-    await warmUpEachMessage({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: 32, connections: 4, metadata: await loadGeneratorAuth("bench-e2e") });
+    await warmUpEachMessage({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: 32, connections: 4, metadata });
   }
   const ceiling = await run(`${w.name} ceiling (closed loop, c=32)`);
   const points: ScenarioResult[] = [];
@@ -100,9 +102,9 @@ async function sweep(mesh: Mesh, w: Workload): Promise<{ ceiling: ScenarioResult
  * runs twice in a row, so neither finds the other's caches warm from itself. Two single
  * ceilings minutes apart move with whatever else the machine did in between.
  */
-async function bracketedCeilings(mesh: Mesh, reference: Workload, candidate: Workload): Promise<{ runs: ScenarioResult[]; ratios: number[] }> {
+async function bracketedCeilings(mesh: Mesh, metadata: Metadata, reference: Workload, candidate: Workload): Promise<{ runs: ScenarioResult[]; ratios: number[] }> {
   await new Promise((resolve) => setTimeout(resolve, settleSeconds * 1000));
-  const ceiling = (w: Workload, round: number) => ghzRun(mesh, w, `${w.name} ceiling (closed loop, c=32), bracketed round ${round}`, undefined, { bracketed_round: round });
+  const ceiling = (w: Workload, round: number) => ghzRun(mesh, metadata, w, `${w.name} ceiling (closed loop, c=32), bracketed round ${round}`, undefined, { bracketed_round: round });
   const runs: ScenarioResult[] = [];
   const ratios: number[] = [];
   let before = await ceiling(reference, 0);
@@ -115,12 +117,6 @@ async function bracketedCeilings(mesh: Mesh, reference: Workload, candidate: Wor
     before = after;
   }
   return { runs, ratios };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((x, y) => x - y);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 async function plot(points: ScenarioResult[], file: string) {
@@ -166,10 +162,11 @@ const suite: BenchSuite = {
     try {
       const results = new Map<string, { ceiling: ScenarioResult; points: ScenarioResult[] }>();
       const all = workloads(dir);
-      for (const w of all) results.set(w.name, await sweep(mesh, w));
+      const metadata = await loadGeneratorAuth("bench-e2e");
+      for (const w of all) results.set(w.name, await sweep(mesh, metadata, w));
       const full = "full Predict (cache off)";
       const echoViaMesh = "echo via edge + sidecar";
-      const bracketed = await bracketedCeilings(mesh, all.find((w) => w.name === echoViaMesh)!, all.find((w) => w.name === full)!);
+      const bracketed = await bracketedCeilings(mesh, metadata, all.find((w) => w.name === echoViaMesh)!, all.find((w) => w.name === full)!);
       const ceilings = [...results.values()].map((r) => r.ceiling);
       const points = [...results.values()].flatMap((r) => r.points);
       await plot(points, join(ROOT, "bench", "results", "e2e.svg"));
@@ -177,7 +174,8 @@ const suite: BenchSuite = {
       const get = (name: string) => results.get(name)!;
       const at = (name: string, fraction: number) => get(name).points[fractions.indexOf(fraction)]!;
       const belowSaturation = points.filter((p) => (p.offered_rps as number) <= 0.9 * get(p.workload as string).ceiling.qps);
-      const fullOverEcho = median(bracketed.ratios);
+      // The median for the default odd count of rounds; the upper middle one for an even count.
+      const fullOverEcho = percentile([...bracketed.ratios].sort((a, b) => a - b), 50);
       console.log(`full Predict / echo via the mesh, bracketed ceilings: ${bracketed.ratios.map((r) => r.toFixed(3)).join(", ")} (median ${fullOverEcho.toFixed(3)})`);
       return {
         scenarios: [...ceilings, ...points, ...bracketed.runs],

@@ -68,6 +68,12 @@ export interface BenchSuite {
   run(): Promise<{ scenarios: ScenarioResult[]; ratios: Ratio[] }>;
 }
 
+/** The rankers' fixed validation rows (models/parity/v1/bench_features.f32), row-major, 14 features each. */
+export function rankerBenchRows(): Float32Array {
+  const bytes = readFileSync(join(ROOT, "models", "parity", "v1", "bench_features.f32"));
+  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+}
+
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;

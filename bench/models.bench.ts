@@ -4,20 +4,14 @@
 // and how closely the INT8 scores and orderings follow the FP32 ones. The Python
 // side of the same comparison is training/bench_quant.py.
 // Knobs: MODELS_BENCH_SECONDS (per scenario, default 3), MODELS_BENCH_BATCHES (default 1,200,2000).
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "../scripts/lib/tools.js";
 import { OnnxModel } from "../services/prediction/models.js";
-import { ratio, summarize, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
+import { rankerBenchRows, ratio, summarize, type BenchSuite, type Ratio, type ScenarioResult } from "./harness.js";
 
 const seconds = Number(process.env.MODELS_BENCH_SECONDS ?? 3);
 const batches = (process.env.MODELS_BENCH_BATCHES ?? "1,200,2000").split(",").map(Number);
 const WIDTH = 14;
-
-function benchRows(): Float32Array {
-  const bytes = readFileSync(join(ROOT, "models", "parity", "v1", "bench_features.f32"));
-  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-}
 
 /** Scores back to back on this thread for `seconds`, cycling through the rows in batches of `size`. */
 async function throughput(model: OnnxModel, rows: Float32Array, size: number): Promise<ScenarioResult> {
@@ -70,7 +64,7 @@ function top10Overlap(a: Float32Array, b: Float32Array): number {
 const suite: BenchSuite = {
   name: "models",
   async run() {
-    const rows = benchRows();
+    const rows = rankerBenchRows();
     const n = rows.length / WIDTH;
     const fp32 = await OnnxModel.load(join(ROOT, "models", "ranker-mlp", "v1"));
     const int8 = await OnnxModel.load(join(ROOT, "models", "ranker-mlp-int8", "v1"));
