@@ -185,14 +185,16 @@ export const offlineMetric = new Gauge({
 
 export const onlineOfflineRatio = new Gauge({
   name: "recsys_prediction_online_offline_ratio",
-  help: "Online figure of a variant over the offline figure in the manifest of each ranker that served it (the target is at least 0.95).",
-  labelNames: ["version", "variant", "model", "model_version", "metric"] as const,
+  help: "Online figure of a variant and its serving models over the offline figure in the manifest of each ranker that served it (the target is at least 0.95).",
+  // models as on the online figure: a variant served by the full ensemble and by its simplified
+  // rung (one ranker) has two figures, each with its own ratio to the same ranker's offline one.
+  labelNames: ["version", "variant", "models", "model", "model_version", "metric"] as const,
   registers: [registry],
   collect() {
     this.reset();
     for (const tracker of live) {
       for (const f of tracker.figures()) {
-        for (const r of f.ratios) this.set({ version: tracker.serviceVersion, variant: f.variant, model: r.model, model_version: r.modelVersion, metric: r.metric }, r.ratio);
+        for (const r of f.ratios) this.set({ version: tracker.serviceVersion, variant: f.variant, models: f.models, model: r.model, model_version: r.modelVersion, metric: r.metric }, r.ratio);
       }
     }
   },

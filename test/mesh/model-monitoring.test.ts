@@ -163,7 +163,7 @@ describe("online accuracy", () => {
     for (const s of online) expect(s.value).toBeGreaterThan(0.6);
     for (const ratio of ratios) {
       const offlineAuc = offline.find((s) => s.labels.model === ratio.labels.model && s.labels.model_version === ratio.labels.model_version && s.labels.metric === "auc");
-      const onlineAuc = online.find((s) => s.labels.variant === ratio.labels.variant && s.labels.models!.includes(`${ratio.labels.model}@${ratio.labels.model_version}`));
+      const onlineAuc = online.find((s) => s.labels.variant === ratio.labels.variant && s.labels.models === ratio.labels.models);
       expect(offlineAuc, `offline auc of ${ratio.labels.model}`).toBeDefined();
       expect(onlineAuc, `online auc beside ${JSON.stringify(ratio.labels)}`).toBeDefined();
       expect(ratio.value).toBeCloseTo(onlineAuc!.value / offlineAuc!.value, 6);
