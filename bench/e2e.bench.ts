@@ -21,8 +21,13 @@ const fractions = (process.env.E2E_FRACTIONS ?? "0.25,0.5,0.75,0.9,1,1.2").split
 /** Full Predict ceilings, each bracketed by echo ceilings, that the full / echo ratio is the median of. */
 const bracketedRounds = Number(process.env.E2E_BRACKETED_ROUNDS ?? 5);
 if (!Number.isInteger(bracketedRounds) || bracketedRounds < 1) throw new Error(`E2E_BRACKETED_ROUNDS must be a whole number of at least 1, not ${process.env.E2E_BRACKETED_ROUNDS}`);
-/** Quiet time after the sweeps' last overload step, so its backlog does not fall into the first bracketed ceiling. */
+/**
+ * Quiet time before each sweep and before the bracketed ceilings, so the previous
+ * workload's overload step (its backlog, the garbage it left) does not fall into the
+ * next closed-loop ceiling.
+ */
 const settleSeconds = 5;
+const settle = () => new Promise((resolve) => setTimeout(resolve, settleSeconds * 1000));
 
 function userIds(): string[] {
   const file = join(ROOT, "models", "embeddings", "v1", "user_ids.txt");
@@ -80,6 +85,7 @@ function ghzRun(mesh: Mesh, metadata: Metadata, w: Workload, name: string, rps?:
 
 async function sweep(mesh: Mesh, metadata: Metadata, w: Workload): Promise<{ ceiling: ScenarioResult; points: ScenarioResult[] }> {
   const run = (name: string, rps?: number) => ghzRun(mesh, metadata, w, name, rps);
+  await settle();
   if (w.warmUpEachMessage) {
     await warmUpEachMessage({ name: `${w.name} warm-up`, address: w.address(mesh), call: w.call, proto: w.proto, dataFile: w.dataFile, concurrency: 32, connections: 4, metadata });
   }
@@ -103,7 +109,7 @@ async function sweep(mesh: Mesh, metadata: Metadata, w: Workload): Promise<{ cei
  * ceilings minutes apart move with whatever else the machine did in between.
  */
 async function bracketedCeilings(mesh: Mesh, metadata: Metadata, reference: Workload, candidate: Workload): Promise<{ runs: ScenarioResult[]; ratios: number[] }> {
-  await new Promise((resolve) => setTimeout(resolve, settleSeconds * 1000));
+  await settle();
   const ceiling = (w: Workload, round: number) => ghzRun(mesh, metadata, w, `${w.name} ceiling (closed loop, c=32), bracketed round ${round}`, undefined, { bracketed_round: round });
   const runs: ScenarioResult[] = [];
   const ratios: number[] = [];
