@@ -1,5 +1,5 @@
 // `npm run bench -- e2e`: the whole mesh as `npm start` brings it up, loaded with
-// ghz through the edge. For each scenario: the closed-loop ceiling, then an
+// ghz through the edge. For each scenario: 5 s of quiet, the closed-loop ceiling, then an
 // open-loop sweep of offered rates up to past saturation. The echo service behind
 // the same edge and sidecar path, and called directly, gives the ceiling of the
 // stack on this machine. Full Predict's ceiling against echo's is also measured side
